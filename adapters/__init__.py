@@ -1,0 +1,1 @@
+"""Back-end adapters: the only code in casgate that talks to mail, calendar and contact stores."""

@@ -1,0 +1,308 @@
+"""The typed configuration schema: one TOML file, loaded once into frozen dataclasses.
+
+Every key has a type, a default and help text (``casgate config-help`` prints
+them).  A bad file raises ``ConfigError`` naming the key; the CLI turns that
+into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``key`` names the offending setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def _opt(default: Any, help: str, *, check: typing.Callable[[Any], str | None] | None = None,
+         factory: bool = False) -> Any:
+    meta = {"help": help, "check": check}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number from 0 to 65535 (0 disables)"
+
+
+def _positive(v: int | float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _one_of(*choices: str) -> typing.Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = _opt("127.0.0.1", "Address all listeners bind to.")
+    https_port: int = _opt(8443, "HTTPS port (ActiveSync, EWS, autodiscover, web app, /metrics).", check=_port)
+    imap_port: int = _opt(1143, "IMAP port with STARTTLS; 0 disables.", check=_port)
+    imaps_port: int = _opt(1993, "IMAP port with implicit TLS; 0 disables.", check=_port)
+    pop3_port: int = _opt(1110, "POP3 port with STLS; 0 disables.", check=_port)
+    pop3s_port: int = _opt(1995, "POP3 port with implicit TLS; 0 disables.", check=_port)
+    public_url: str = _opt("", "URL clients use to reach the gateway (autodiscover answers with it); "
+                               "empty means https://<listen>:<https_port>.")
+    shutdown_grace: float = _opt(10.0, "Seconds held connections get to finish on shutdown.", check=_positive)
+    ssl_read_buffer: int = _opt(16384, "Bytes of TLS read buffer per connection under stock asyncio "
+                                       "(uvloop manages its own).", check=_positive)
+
+
+@dataclass(frozen=True)
+class SniCertificate:
+    hostnames: list[str] = _opt(list, "Server names (SNI) this certificate answers for.", factory=True)
+    cert: str = _opt("", "PEM certificate chain file.")
+    key: str = _opt("", "PEM private key file.")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = _opt("certs/server.pem", "Default PEM certificate chain (used when no SNI entry matches).")
+    key: str = _opt("certs/server.key", "Private key of the default certificate.")
+    ca_file: str = _opt("", "CA bundle used to verify back ends' certificates; empty uses the system store.")
+    sni: list[SniCertificate] = _opt(list, "Extra certificates chosen by the client's server name.", factory=True)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = _opt("sqlite", "Where device, sync and session state lives: sqlite (one node) or "
+                                  "postgresql (several nodes).", check=_one_of("sqlite", "postgresql"))
+    path: str = _opt("casgate.db", "SQLite database file (backend = sqlite).")
+    dsn: str = _opt("", "PostgreSQL connection string (backend = postgresql).")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    cache_ttl: int = _opt(300, "Seconds a successful back-end login is remembered (as a keyed hash).",
+                          check=_positive)
+    max_failures: int = _opt(5, "Failed logins per user or per client address before back-off starts.",
+                             check=_positive)
+    failure_window: int = _opt(900, "Seconds over which failures are counted.", check=_positive)
+    backoff_base: float = _opt(2.0, "First back-off in seconds; it doubles with every further failure.",
+                               check=_positive)
+    backoff_max: float = _opt(300.0, "Longest back-off in seconds.", check=_positive)
+    timeout: float = _opt(10.0, "Seconds to wait for the back end to answer a login.", check=_positive)
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    users_file: str = _opt("users.toml", "TOML file listing users ([[user]] tables with address, "
+                                         "name, login, aliases and per-user back-end overrides).")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _opt("info", "Log level.", check=_one_of("debug", "info", "warning", "error"))
+    format: str = _opt("json", "json (one object per line) or text.", check=_one_of("json", "text"))
+
+
+BACKEND_TYPES = ("imap", "caldav", "carddav", "smtp", "ews")
+_SCHEMES = {
+    "imap": ("imap", "imaps"),
+    "smtp": ("smtp", "smtps", "submission"),
+    "caldav": ("http", "https"),
+    "carddav": ("http", "https"),
+    "ews": ("http", "https"),
+}
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str = _opt("imap", "Kind of back end.", check=_one_of(*BACKEND_TYPES))
+    url: str = _opt("", "Where it is: imaps://host:993, imap://host:143 (STARTTLS unless tls = none), "
+                        "smtp://host:587, smtps://host:465, http(s)://host/path for CalDAV, CardDAV, EWS.")
+    tls: str = _opt("auto", "auto (from the URL), implicit, starttls or none.",
+                    check=_one_of("auto", "implicit", "starttls", "none"))
+    verify: bool = _opt(True, "Verify the back end's certificate.")
+    ca_file: str = _opt("", "CA bundle for this back end (overrides tls.ca_file).")
+    timeout: float = _opt(10.0, "Seconds to wait for a connection or an answer.", check=_positive)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        if parts.port:
+            return parts.port
+        return {"imap": 143, "imaps": 993, "smtp": 587, "submission": 587, "smtps": 465,
+                "http": 80, "https": 443}.get(parts.scheme, 0)
+
+    @property
+    def tls_mode(self) -> str:
+        if self.tls != "auto":
+            return self.tls
+        scheme = urlsplit(self.url).scheme
+        if scheme in ("imaps", "smtps", "https"):
+            return "implicit"
+        if scheme == "http":
+            return "none"
+        return "starttls"
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    imap: str = _opt("", "Name of the default IMAP back end of this domain.")
+    caldav: str = _opt("", "Name of the default CalDAV back end.")
+    carddav: str = _opt("", "Name of the default CardDAV back end.")
+    smtp: str = _opt("", "Name of the default SMTP submission back end.")
+    ews: str = _opt("", "Name of the default EWS back end (an existing Exchange).")
+    aliases: list[str] = _opt(list, "Other domains whose addresses belong to this one.", factory=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    backends: dict[str, BackendConfig] = field(default_factory=dict)
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    #: Folder relative paths in the file are resolved against.
+    base_dir: str = "."
+
+    def path(self, value: str) -> Path:
+        """Resolve a path setting against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def https_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"https://{self.server.listen}:{self.server.https_port}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], "unknown setting")
+    values = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            continue
+        values[name] = _convert(hints[name], data[name], key)
+        check = f.metadata.get("check")
+        if check and (problem := check(values[name])):
+            raise ConfigError(key, problem)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, "must be a list")
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(key, "must be a table")
+        return {k: _convert(item, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(key, "unsupported type")  # pragma: no cover - schema has no unions
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(key, f"must be of type {_type_name(tp)}, not {type(value).__name__}")
+    return value
+
+
+def _validate(cfg: Config) -> None:
+    for name, b in cfg.backends.items():
+        key = f"backends.{name}"
+        if not b.url:
+            raise ConfigError(f"{key}.url", "is required")
+        scheme = urlsplit(b.url).scheme
+        if scheme not in _SCHEMES[b.type]:
+            raise ConfigError(f"{key}.url", f"a {b.type} back end needs a URL starting with "
+                                            f"{' or '.join(s + '://' for s in _SCHEMES[b.type])}")
+        if not b.host:
+            raise ConfigError(f"{key}.url", "has no host name")
+    for dname, d in cfg.domains.items():
+        for role in BACKEND_TYPES:
+            target = getattr(d, role)
+            if target and target not in cfg.backends:
+                raise ConfigError(f"domains.{dname}.{role}", f"names back end {target!r}, which is not defined")
+            if target and cfg.backends[target].type != role:
+                raise ConfigError(f"domains.{dname}.{role}",
+                                  f"back end {target!r} is of type {cfg.backends[target].type}, not {role}")
+    if cfg.state.backend == "postgresql" and not cfg.state.dsn:
+        raise ConfigError("state.dsn", "is required when state.backend = postgresql")
+    for i, sni in enumerate(cfg.tls.sni):
+        if not (sni.hostnames and sni.cert and sni.key):
+            raise ConfigError(f"tls.sni[{i}]", "needs hostnames, cert and key")
+
+
+def from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
+    """Build and validate a Config from parsed TOML."""
+    cfg = _build(Config, data, "")
+    cfg = dataclasses.replace(cfg, base_dir=base_dir)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    """Read, parse and validate a config file; raise ConfigError on any problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return from_dict(data, base_dir=str(p.resolve().parent))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every key of the schema as (key, type, default, help), for --help output and docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir":
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, key)
+        elif typing.get_origin(tp) is dict:
+            _, item = typing.get_args(tp)
+            rows += describe(item, f"{key}.<name>")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((key, _type_name(tp) if typing.get_origin(tp) is None else str(tp),
+                         default, f.metadata.get("help", "")))
+    return rows

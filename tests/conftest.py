@@ -1,0 +1,49 @@
+"""Shared fixtures: a test CA and real back ends (Dovecot, Radicale, SMTP) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from gateway import tls
+from gateway.demo.dovecot import Dovecot
+
+# Fixtures that belong to one area live in their own module and are pulled in here.
+from fixtures_dav import *  # noqa: F401,F403
+from fixtures_smtp import *  # noqa: F401,F403
+from fixtures_state import *  # noqa: F401,F403
+
+USERS = {
+    "alice@example.test": "alice-secret-1",
+    "bob@example.test": "bob-secret-2",
+    "carol@example.test": "carol-secret-3",
+}
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Path:
+    """A folder every back-end user may enter (pytest's own tmp folders are 0700 root)."""
+    d = Path(tempfile.mkdtemp(prefix="casgate-test-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(scope="session")
+def certs(workdir: Path) -> tls.CertPaths:
+    paths, _ = tls.init_certs(workdir / "certs", "example.test")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def users() -> dict[str, str]:
+    return dict(USERS)
+
+
+@pytest.fixture(scope="session")
+def dovecot(workdir: Path, certs: tls.CertPaths, users: dict[str, str]):
+    dc = Dovecot(workdir / "dovecot", certs.cert, certs.key, users=users).start()
+    yield dc
+    dc.stop()

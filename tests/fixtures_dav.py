@@ -1,0 +1,1 @@
+"""Fixtures for the dav tests (filled in by that area)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the smtp tests (filled in by that area)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the state tests (filled in by that area)."""
