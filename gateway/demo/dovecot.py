@@ -34,6 +34,7 @@ ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Lu
+auth_failure_delay = 0
 login_trusted_networks = 127.0.0.0/8
 mail_location = maildir:{mail}/%d/%n/Maildir
 mail_max_userip_connections = 2000

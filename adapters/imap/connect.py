@@ -1,0 +1,153 @@
+"""Reaching an IMAP back end: TLS or STARTTLS, and a lean login check used by the authentication service."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import re
+import ssl
+from dataclasses import dataclass
+
+from ..errors import AuthenticationFailed, BackendUnavailable, InvalidData
+from ..interfaces import Credentials
+
+_CAPS = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.I)
+_MAX_LINE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    """Where an IMAP back end listens and how to secure the connection."""
+
+    host: str
+    port: int
+    tls: str = "implicit"  # implicit | starttls | none
+    ssl_context: ssl.SSLContext | None = None
+    timeout: float = 10.0
+
+    def context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
+
+
+class _Conn:
+    """A minimal line-oriented IMAP client: enough to greet, secure, log in and leave."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.caps: frozenset[str] = frozenset()
+        self._tag = 0
+
+    async def line(self) -> bytes:
+        data = await self.reader.readuntil(b"\r\n")
+        if len(data) > _MAX_LINE:
+            raise InvalidData("IMAP server sent an over-long line")
+        return data[:-2]
+
+    def _note_caps(self, line: bytes) -> None:
+        if m := _CAPS.search(line):
+            self.caps = frozenset(m.group(1).decode("ascii", "replace").upper().split())
+        elif line.upper().startswith(b"* CAPABILITY "):
+            self.caps = frozenset(line[13:].decode("ascii", "replace").upper().split())
+
+    async def command(self, text: bytes, continuation: bytes | None = None) -> tuple[bytes, bytes]:
+        """Send a command; return (status word, tagged line)."""
+        self._tag += 1
+        tag = b"c%d" % self._tag
+        self.writer.write(tag + b" " + text + b"\r\n")
+        await self.writer.drain()
+        while True:
+            line = await self.line()
+            if line.startswith(b"+") and continuation is not None:
+                self.writer.write(continuation + b"\r\n")
+                await self.writer.drain()
+                continuation = None
+                continue
+            if line.startswith(b"+"):
+                self.writer.write(b"*\r\n")  # cancel an exchange we did not expect
+                continue
+            self._note_caps(line)
+            if line.startswith(tag + b" "):
+                status = line[len(tag) + 1:].split(b" ", 1)[0].upper()
+                return status, line
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _open(ep: ImapEndpoint) -> _Conn:
+    ctx = ep.context() if ep.tls == "implicit" else None
+    reader, writer = await asyncio.open_connection(
+        ep.host, ep.port, ssl=ctx, server_hostname=ep.host if ctx else None, limit=_MAX_LINE)
+    conn = _Conn(reader, writer)
+    greeting = await conn.line()
+    if not greeting.upper().startswith(b"* OK"):
+        conn.close()
+        raise BackendUnavailable(f"IMAP server greeted with {greeting[:80]!r}")
+    conn._note_caps(greeting)
+    if ep.tls == "starttls":
+        status, line = await conn.command(b"STARTTLS")
+        if status != b"OK":
+            conn.close()
+            raise BackendUnavailable("IMAP server refused STARTTLS")
+        await writer.start_tls(ep.context(), server_hostname=ep.host)
+        conn.caps = frozenset()
+    if not conn.caps:
+        await conn.command(b"CAPABILITY")
+    return conn
+
+
+def originating_ip(client_ip: str | None) -> str | None:
+    """The client's address, normalised, for an RFC 2971 ID "x-originating-ip" field.
+
+    Back ends trust that field from the gateway; without it every failed login
+    through the gateway would count against the gateway's own address in the
+    back end's brute-force penalty.
+    """
+    try:
+        return str(ipaddress.ip_address(client_ip)) if client_ip else None
+    except ValueError:
+        return None
+
+
+async def check_login(ep: ImapEndpoint, creds: Credentials, client_ip: str | None = None) -> frozenset[str]:
+    """Log in to the back end and out again; return its post-login capabilities.
+
+    Raises AuthenticationFailed for refused credentials and BackendUnavailable
+    when the server cannot be reached or answers with a temporary failure.
+    """
+    try:
+        return await asyncio.wait_for(_check_login(ep, creds, client_ip), ep.timeout)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ssl.SSLError) as exc:
+        raise BackendUnavailable(f"IMAP back end {ep.host}:{ep.port}: {type(exc).__name__}") from None
+
+
+async def _check_login(ep: ImapEndpoint, creds: Credentials, client_ip: str | None) -> frozenset[str]:
+    conn = await _open(ep)
+    try:
+        if (ip := originating_ip(client_ip)) and "ID" in conn.caps:
+            await conn.command(b'ID ("x-originating-ip" "%s")' % ip.encode())
+        if "LOGINDISABLED" in conn.caps and "AUTH=PLAIN" not in conn.caps:
+            raise BackendUnavailable("IMAP back end disables LOGIN on this connection (configure TLS)")
+        blob = base64.b64encode(b"\0" + creds.username.encode() + b"\0" + creds.password.encode())
+        # SASL PLAIN avoids every quoting question that LOGIN's strings raise.
+        if "SASL-IR" in conn.caps:
+            status, line = await conn.command(b"AUTHENTICATE PLAIN " + blob)
+        else:
+            status, line = await conn.command(b"AUTHENTICATE PLAIN", continuation=blob)
+        if status != b"OK":
+            text = line.upper()
+            if b"[UNAVAILABLE]" in text or b"[SERVERBUG]" in text:
+                raise BackendUnavailable("IMAP back end could not check the login now")
+            raise AuthenticationFailed("the IMAP back end refused the credentials")
+        if not _CAPS.search(line):
+            await conn.command(b"CAPABILITY")
+        caps = conn.caps
+        try:
+            await asyncio.wait_for(conn.command(b"LOGOUT"), 2)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass
+        return caps
+    finally:
+        conn.close()
