@@ -1,0 +1,180 @@
+"""CalendarStore over CalDAV with the caldav library: calendars, events, time-range queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+from urllib.parse import quote
+
+import icalendar
+import recurring_ical_events  # a dependency of caldav, which expands recurrences with it too
+from caldav.collection import Calendar, CalendarSet
+
+from adapters.errors import InvalidData
+from adapters.interfaces import CalendarInfo, CalendarObject, Credentials
+
+from .common import CALDAV, DavConnection, check, check_put
+
+DEFAULT_CALENDAR = "Calendar"
+# A fixed path segment makes creating the default calendar idempotent: two
+# sessions racing to create it end with one collection, not two.
+DEFAULT_CALENDAR_ID = "calendar"
+_OBJECT_TYPES = ("VEVENT", "VTODO", "VJOURNAL")
+_ICAL_HEADERS = {"Content-Type": "text/calendar; charset=utf-8"}
+
+
+def prepare_ical(ical: str, uid: str | None) -> tuple[str, str]:
+    """Check an iCalendar object and give it a UID; returns (text to store, UID).
+
+    The text is kept as given unless a UID has to be written into it.
+    """
+    try:
+        cal = icalendar.Calendar.from_ical(ical)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise InvalidData(f"not an iCalendar object: {exc}") from None
+    if cal.name != "VCALENDAR":
+        raise InvalidData(f"expected VCALENDAR, got {cal.name}")
+    items = [c for c in cal.subcomponents if c.name in _OBJECT_TYPES]
+    if not items:
+        raise InvalidData("calendar object has no VEVENT, VTODO or VJOURNAL")
+    uids = {str(c["UID"]) for c in items if "UID" in c}
+    if uid is None and len(uids) > 1:
+        # RFC 4791 4.1: one resource holds one UID (a master and its exceptions).
+        raise InvalidData("calendar object holds more than one UID")
+    wanted = uid or (uids.pop() if uids else str(uuid.uuid4()))
+    if all(str(c.get("UID", "")) == wanted for c in items):
+        return ical, wanted
+    for c in items:
+        c.pop("UID", None)
+        c.add("UID", wanted)
+    return cal.to_ical().decode("utf-8"), wanted
+
+
+def expand_instances(ical: str, start: dt.datetime, end: dt.datetime) -> list[str]:
+    """One VCALENDAR per occurrence of the VEVENTs in ``ical`` overlapping [start, end)."""
+    cal = icalendar.Calendar.from_ical(ical)
+    if not any("RRULE" in c or "RDATE" in c for c in cal.walk("VEVENT")):
+        # Nothing recurs: the object is its own only instance, without a RECURRENCE-ID.
+        return [ical]
+    timezones = [c for c in cal.subcomponents if c.name == "VTIMEZONE"]
+    instances = []
+    # between() overlaps half-open like a CalDAV time-range, though its docstring says inclusive.
+    for occurrence in recurring_ical_events.of(cal).between(start, end):
+        one = icalendar.Calendar()
+        for key, value in cal.items():
+            one.add(key, value)
+        for tz in timezones:
+            one.add_component(tz)
+        one.add_component(occurrence)
+        instances.append(one.to_ical().decode("utf-8"))
+    return instances
+
+
+def _as_utc(value: dt.date | dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+class CalDavCalendarStore:
+    """A user's calendars on a CalDAV server (Radicale or any other)."""
+
+    def __init__(self, base_url: str, credentials: Credentials, ca_file: str | Path | None = None,
+                 timeout: float = 30.0) -> None:
+        self._conn = DavConnection(base_url, credentials, ca_file, timeout)
+        self._home: str | None = None
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        await self._conn.start(stack)
+
+    def _calendar_home(self) -> str:
+        if self._home is None:
+            self._home = self._conn.home_set(f"{CALDAV}calendar-home-set", "find calendar home")
+        return self._home
+
+    def _list(self) -> list[CalendarInfo]:
+        found = self._conn.collections(self._calendar_home(), f"{CALDAV}calendar", "list calendars")
+        return [CalendarInfo(url=url, name=name, ctag=tag) for url, name, tag in found]
+
+    def _create(self, name: str, cal_id: str | None = None) -> CalendarInfo:
+        home = CalendarSet(client=self._conn.client, url=self._calendar_home())
+        cal = home.make_calendar(name=name, cal_id=cal_id)
+        return CalendarInfo(url=self._conn.absolute(str(cal.url)), name=name)
+
+    def _ensure_default(self) -> list[CalendarInfo]:
+        calendars = self._list()
+        if calendars:
+            return calendars
+        try:
+            self._create(DEFAULT_CALENDAR, DEFAULT_CALENDAR_ID)
+        except Exception:
+            # Refused because someone else made the default between our listing
+            # and our MKCALENDAR? Then it is listed now.
+            calendars = self._list()
+            if calendars:
+                return calendars
+            raise
+        return self._list()
+
+    async def list_calendars(self) -> list[CalendarInfo]:
+        """The user's calendars; a principal with none gets a default "Calendar" first."""
+        return await self._conn.run("list calendars", self._ensure_default)
+
+    async def ensure_default_calendar(self) -> CalendarInfo:
+        """The user's first calendar, creating "Calendar" when there is none."""
+        calendars = await self.list_calendars()
+        return calendars[0]
+
+    async def create_calendar(self, name: str) -> CalendarInfo:
+        return await self._conn.run("create calendar", self._create, name)
+
+    def _put(self, calendar_url: str, ical: str, uid: str | None) -> CalendarObject:
+        body, uid = prepare_ical(ical, uid)
+        base = self._conn.absolute(calendar_url.rstrip("/") + "/")
+        # Fully quoted ("@" as %40), the spelling Radicale uses in its own hrefs,
+        # so the href returned here equals the one a later query reports.
+        href = base + quote(uid, safe="") + ".ics"
+        # A plain PUT rather than caldav's Event.save(): save() rewrites the data
+        # (vobject clean-ups, SEQUENCE bumps) and we store what we were given.
+        response = check_put(self._conn.client.put(href, body, _ICAL_HEADERS), "store event")
+        return CalendarObject(href=href, etag=response.headers.get("ETag"), ical=body)
+
+    async def put_event(self, calendar_url: str, ical: str, uid: str | None = None) -> CalendarObject:
+        """Store (create or replace) one calendar object; ``uid`` overrides the data's UID."""
+        return await self._conn.run("store event", self._put, calendar_url, ical, uid)
+
+    def _between(self, calendar_url: str, start: dt.datetime, end: dt.datetime,
+                 expand: bool) -> list[CalendarObject]:
+        cal = Calendar(client=self._conn.client, url=self._conn.absolute(calendar_url))
+        # Unexpanded on the wire so each resource keeps its ETag; caldav's own
+        # expansion returns occurrences without one.
+        found = cal.search(event=True, start=start, end=end, expand=False)
+        objects = []
+        for item in found:
+            href = self._conn.absolute(str(item.url))
+            if not expand:
+                objects.append(CalendarObject(href=href, etag=item.etag, ical=item.data))
+                continue
+            objects.extend(CalendarObject(href=href, etag=item.etag, ical=one)
+                           for one in expand_instances(item.data, start, end))
+        return objects
+
+    async def events_between(self, calendar_url: str, start: dt.datetime, end: dt.datetime,
+                             expand: bool = False) -> list[CalendarObject]:
+        """Events overlapping [start, end); naive datetimes are UTC.
+
+        With ``expand`` each occurrence of a recurring event is its own object
+        (href and ETag of the resource it came from), as RFC 4791 9.6.5 describes.
+        """
+        start, end = _as_utc(start), _as_utc(end)
+        if end <= start:
+            raise InvalidData("time range ends before it starts")
+        return await self._conn.run("search events", self._between, calendar_url, start, end, expand)
+
+    def _delete(self, href: str) -> None:
+        check(self._conn.client.delete(self._conn.absolute(href)), "delete", ok=(200, 204))
+
+    async def delete(self, href: str) -> None:
+        await self._conn.run("delete", self._delete, href)
