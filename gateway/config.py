@@ -242,7 +242,11 @@ def _validate(cfg: Config) -> None:
         key = f"backends.{name}"
         if not b.url:
             raise ConfigError(f"{key}.url", "is required")
-        scheme = urlsplit(b.url).scheme
+        try:
+            scheme = urlsplit(b.url).scheme
+            b.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError as exc:
+            raise ConfigError(f"{key}.url", f"is not a valid URL: {exc}") from None
         if scheme not in _SCHEMES[b.type]:
             raise ConfigError(f"{key}.url", f"a {b.type} back end needs a URL starting with "
                                             f"{' or '.join(s + '://' for s in _SCHEMES[b.type])}")
@@ -305,4 +309,6 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, 
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             rows.append((key, _type_name(tp) if typing.get_origin(tp) is None else str(tp),
                          default, f.metadata.get("help", "")))
+            if typing.get_origin(tp) is list and dataclasses.is_dataclass(item := typing.get_args(tp)[0]):
+                rows += describe(item, f"{key}[]")  # the keys of each table in the list
     return rows

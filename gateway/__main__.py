@@ -1,0 +1,7 @@
+"""``python -m gateway`` runs the casgate command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTPS application: one aiohttp app on which every HTTP front end mounts its routes."""

@@ -1,0 +1,1 @@
+"""IMAP4 front end: a pure core that speaks the protocol and a thin asyncio shell."""

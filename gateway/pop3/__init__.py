@@ -1,0 +1,1 @@
+"""POP3 front end: a pure core that speaks the protocol and a thin asyncio shell."""

@@ -1,0 +1,1 @@
+"""Protocol-neutral services shared by the front ends: directory, authentication, back ends, health."""
