@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from gateway.state import StateStore, open_store
 
 __all__ = ["state_clock", "state_opener", "state_store"]
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_DSN = os.environ.get("CASGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class FakeClock:
