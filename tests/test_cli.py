@@ -88,3 +88,26 @@ def test_certs_init_makes_and_reuses(tmp_path):
     r = run("certs", "init", "--domain", "corp.test", "--dir", str(tmp_path), "--host", "mx.corp.test",
             "--host", "10.1.2.3")
     assert r.returncode == 0 and "kept" in r.stdout
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_are_valid():
+    import dataclasses
+
+    from gateway.config import load
+    from gateway.services.directory import StaticDirectory
+
+    example = load(ROOT / "casgate.example.toml")
+    example = dataclasses.replace(example, directory=dataclasses.replace(example.directory,
+                                                                       users_file="users.example.toml"))
+    users = StaticDirectory.from_config(example)
+    assert users.find("a.example@example.com").address == "alice@example.com"
+    assert users.find("bob@example.net").login == "bob"  # domain alias and per-user login
+    for name, state in (("docker/casgate.toml", "sqlite"), ("docker/casgate-cluster.toml", "postgresql")):
+        cfg = load(ROOT / name)
+        assert cfg.state.backend == state
+        assert set(cfg.backends) >= {"dovecot"}
+    config_help = run("config-help")
+    assert config_help.returncode == 0 and "auth.cache_ttl" in config_help.stdout
