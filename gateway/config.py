@@ -110,6 +110,56 @@ class LogConfig:
     format: str = _opt("json", "json (one object per line) or text.", check=_one_of("json", "text"))
 
 
+ACCESS_LEVELS = ("none", "availability", "limited")
+DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def _hhmm(v: str) -> str | None:
+    h, _, m = v.partition(":")
+    # isascii: str.isdigit alone admits digits such as "²" that int() refuses.
+    ok = (h + m).isascii() and h.isdigit() and m.isdigit() and len(m) == 2 and 0 <= int(h) <= 24 and 0 <= int(m) < 60
+    return None if ok and (int(h) < 24 or int(m) == 0) else "must be a time of day as HH:MM"
+
+
+def _days(v: list[str]) -> str | None:
+    return None if v and all(d in DAYS for d in v) else f"must be a non-empty list of {', '.join(DAYS)}"
+
+
+def _access_map(v: dict[str, str]) -> str | None:
+    bad = [k for k, level in v.items() if level not in ACCESS_LEVELS]
+    return f"{bad[0]}: must be one of {', '.join(ACCESS_LEVELS)}" if bad else None
+
+
+def _zone(v: str) -> str | None:
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: e.g. a name too long for a file
+        return "must be an IANA time zone name such as Europe/Berlin"
+    return None
+
+
+@dataclass(frozen=True)
+class AvailabilityConfig:
+    default_access: str = _opt("availability", "What others see of a user's calendar: none, availability "
+                                               "(free/busy only) or limited (free/busy with subject and "
+                                               "location). Private items never show details.",
+                               check=_one_of(*ACCESS_LEVELS))
+    user_access: dict[str, str] = _opt(dict, "Per-user overrides of default_access, by address.",
+                                       factory=True, check=_access_map)
+    max_mailboxes: int = _opt(100, "Mailboxes allowed in one free/busy request.", check=_positive)
+    max_days: int = _opt(42, "Longest time window of one free/busy request, in days.", check=_positive)
+    timeout: float = _opt(10.0, "Seconds one mailbox's calendar may take before it is answered with an "
+                                "error (the others are still answered).", check=_positive)
+    cache_ttl: float = _opt(60.0, "Seconds a mailbox's free/busy is reused while its calendars' ctags are "
+                                  "unchanged.", check=_positive)
+    working_days: list[str] = _opt(lambda: ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"],
+                                   "Default working days.", factory=True, check=_days)
+    working_start: str = _opt("08:00", "Default start of the working day.", check=_hhmm)
+    working_end: str = _opt("17:00", "Default end of the working day.", check=_hhmm)
+    time_zone: str = _opt("UTC", "Time zone of the default working hours (IANA name).", check=_zone)
+
+
 BACKEND_TYPES = ("imap", "caldav", "carddav", "smtp", "ews")
 _SCHEMES = {
     "imap": ("imap", "imaps"),
@@ -130,6 +180,15 @@ class BackendConfig:
     verify: bool = _opt(True, "Verify the back end's certificate.")
     ca_file: str = _opt("", "CA bundle for this back end (overrides tls.ca_file).")
     timeout: float = _opt(10.0, "Seconds to wait for a connection or an answer.", check=_positive)
+    service_login: str = _opt("", "Account the gateway uses for organisation-wide reads (free/busy of other "
+                                  "users' calendars); it needs read access to every calendar.")
+    service_password: str = _opt("", "Password of service_login (prefer service_password_file).")
+    service_password_file: str = _opt("", "File holding the password of service_login (first line).")
+    home_template: str = _opt("{login}/", "CalDAV/CardDAV: where a user's collections live, relative to url; "
+                                          "{login} and {address} are replaced (Radicale: \"{login}/\").")
+
+    def __repr__(self) -> str:  # keep the service password out of logs and tracebacks
+        return f"BackendConfig(type={self.type!r}, url={self.url!r})"
 
     @property
     def host(self) -> str:
@@ -142,6 +201,16 @@ class BackendConfig:
             return parts.port
         return {"imap": 143, "imaps": 993, "smtp": 587, "submission": 587, "smtps": 465,
                 "http": 80, "https": 443}.get(parts.scheme, 0)
+
+    def service_secret(self, base: "Config") -> str:
+        """The service account's password, read from service_password_file when that is set."""
+        if self.service_password_file:
+            path = base.path(self.service_password_file)
+            try:
+                return path.read_text().splitlines()[0].strip()
+            except (OSError, IndexError):
+                raise ConfigError("service_password_file", f"cannot read a password from {path}") from None
+        return self.service_password
 
     @property
     def tls_mode(self) -> str:
@@ -173,6 +242,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     #: Folder relative paths in the file are resolved against.
@@ -260,6 +330,12 @@ def _validate(cfg: Config) -> None:
             if target and cfg.backends[target].type != role:
                 raise ConfigError(f"domains.{dname}.{role}",
                                   f"back end {target!r} is of type {cfg.backends[target].type}, not {role}")
+    for name, b in cfg.backends.items():
+        if b.service_password and b.service_password_file:
+            raise ConfigError(f"backends.{name}.service_password_file", "set service_password or "
+                                                                       "service_password_file, not both")
+        if "{login}" not in b.home_template and "{address}" not in b.home_template:
+            raise ConfigError(f"backends.{name}.home_template", "must contain {login} or {address}")
     if cfg.state.backend == "postgresql" and not cfg.state.dsn:
         raise ConfigError("state.dsn", "is required when state.backend = postgresql")
     for i, sni in enumerate(cfg.tls.sni):
@@ -302,9 +378,8 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, 
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, key)
-        elif typing.get_origin(tp) is dict:
-            _, item = typing.get_args(tp)
-            rows += describe(item, f"{key}.<name>")
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            rows += describe(typing.get_args(tp)[1], f"{key}.<name>")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             rows.append((key, _type_name(tp) if typing.get_origin(tp) is None else str(tp),

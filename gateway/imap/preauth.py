@@ -11,7 +11,8 @@ import re
 from ..lineproto import Reply
 
 MAX_LINE = 8192
-_TAG = re.compile(rb"^([\x21\x23-\x27\x2a-\x5a\x5e-\x7a\x7c\x7e]+) ([A-Za-z]+)(?: (.*))?$")
+# RFC 3501 tag characters: no "*", "%" or "+", so a reply never reads as untagged or as a continuation.
+_TAG = re.compile(rb"^([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+) ([A-Za-z]+)(?: (.*))?$")
 
 
 class ImapPreAuth:
@@ -24,7 +25,8 @@ class ImapPreAuth:
         self._closed = False
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "ID", "LITERAL+", "SASL-IR"]
+        # Only what this core really handles is advertised (no LITERAL+ or SASL-IR until login exists).
+        caps = ["IMAP4rev1", "ID"]
         if self.tls_active:
             caps.append("AUTH=PLAIN")
         else:

@@ -62,7 +62,7 @@ class AuthService:
         self._key = os.urandom(32)
         self._cache: dict[bytes, float] = {}
         self._failures: dict[str, _Failures] = {}
-        self._inflight: dict[bytes, asyncio.Future[frozenset[str]]] = {}
+        self._inflight: dict[bytes, asyncio.Task[frozenset[str]]] = {}
         self._backend_latency = 0.05  # running estimate, used to pace answers for unknown users
 
     def _digest(self, user: str, password: str) -> bytes:
@@ -139,21 +139,21 @@ class AuthService:
         return AuthResult(user, cached=False)
 
     async def _check(self, digest: bytes, backend: str, creds: Credentials, client_ip: str) -> None:
-        # Phones open several requests at once with the same credentials: one back-end login serves them all.
-        fut = self._inflight.get(digest)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[digest] = fut
-            t0 = time.perf_counter()
-            try:
-                fut.set_result(await check_login(self.backends.imap_endpoint(backend), creds, client_ip))
-                self._backend_latency = 0.8 * self._backend_latency + 0.2 * (time.perf_counter() - t0)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: waiters may be none
-            finally:
-                del self._inflight[digest]
-        await asyncio.shield(fut)
+        # Phones open several requests at once with the same credentials: one back-end login serves
+        # them all. It runs as its own task so that one waiter giving up does not cancel the others.
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._timed_check(backend, creds, client_ip))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda t: (self._inflight.pop(digest, None),
+                                              t.cancelled() or t.exception()))  # retrieved even if nobody waits
+        await asyncio.shield(task)
+
+    async def _timed_check(self, backend: str, creds: Credentials, client_ip: str) -> frozenset[str]:
+        t0 = time.perf_counter()
+        caps = await check_login(self.backends.imap_endpoint(backend), creds, client_ip)
+        self._backend_latency = 0.8 * self._backend_latency + 0.2 * (time.perf_counter() - t0)
+        return caps
 
     def _failed(self, user_key: str, ip_key: str, who: str, client_ip: str, reason: str) -> None:
         now = self.clock()
