@@ -10,6 +10,7 @@ from . import tls
 from .config import Config
 from .metrics import Metrics
 from .services.auth import AuthService
+from .services.availability import AvailabilityService
 from .services.backends import Backends
 from .services.directory import StaticDirectory
 from .state import StateStore, open_store
@@ -24,6 +25,7 @@ class GatewayContext:
     state: StateStore
     metrics: Metrics
     ssl_context: ssl.SSLContext
+    availability: AvailabilityService
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext:
@@ -44,4 +46,5 @@ async def open_context(config: Config, stack: AsyncExitStack) -> GatewayContext:
     store = open_store(st.backend, path=str(config.path(st.path)) if st.backend == "sqlite" else "", dsn=st.dsn)
     await store.start()
     stack.push_async_callback(store.close)
-    return GatewayContext(config, directory, backends, auth, store, metrics, ssl_ctx)
+    availability = AvailabilityService(config, directory, backends)
+    return GatewayContext(config, directory, backends, auth, store, metrics, ssl_ctx, availability)

@@ -95,7 +95,10 @@ class CalDavCalendarStore:
         return self._home
 
     def _list(self) -> list[CalendarInfo]:
-        found = self._conn.collections(self._calendar_home(), f"{CALDAV}calendar", "list calendars")
+        return self._calendars_at(self._calendar_home())
+
+    def _calendars_at(self, home_url: str) -> list[CalendarInfo]:
+        found = self._conn.collections(self._conn.absolute(home_url), f"{CALDAV}calendar", "list calendars")
         return [CalendarInfo(url=url, name=name, ctag=tag) for url, name, tag in found]
 
     def _create(self, name: str, cal_id: str | None = None) -> CalendarInfo:
@@ -121,6 +124,14 @@ class CalDavCalendarStore:
     async def list_calendars(self) -> list[CalendarInfo]:
         """The user's calendars; a principal with none gets a default "Calendar" first."""
         return await self._conn.run("list calendars", self._ensure_default)
+
+    async def calendars_at(self, home_url: str) -> list[CalendarInfo]:
+        """The calendars directly under ``home_url`` with their ctags, creating nothing.
+
+        One PROPFIND (Depth 1). The home may be another user's when this login
+        may read it (a free/busy service account); a missing home is NotFound.
+        """
+        return await self._conn.run("list calendars", self._calendars_at, home_url)
 
     async def ensure_default_calendar(self) -> CalendarInfo:
         """The user's first calendar, creating "Calendar" when there is none."""

@@ -26,16 +26,30 @@ DOMAIN = "example.test"
 DEFAULT_PORTS = {"https": 8443, "imaps": 1993, "imap": 1143, "pop3s": 1995, "pop3": 1110}
 
 
-def demo_passwords(state_dir: Path) -> dict[str, str]:
-    """Each demo user's password, generated on the first run and kept for the next."""
-    path = state_dir / "passwords.json"
+SERVICE_LOGIN = "casgate-freebusy"
+
+
+def _secret_file(path: Path, make) -> str:
+    """Read a generated secret, or make it and keep it (mode 0600) for the next run."""
     if path.exists():
-        return json.loads(path.read_text())
-    pw = {address: secrets.token_urlsafe(12) for _, address in demo_people(DOMAIN)}
+        return path.read_text()
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(pw, f, indent=2)
-    return pw
+        f.write(value)
+    return value
+
+
+def demo_passwords(state_dir: Path) -> dict[str, str]:
+    """Each demo user's password, generated on the first run and kept for the next."""
+    text = _secret_file(state_dir / "passwords.json", lambda: json.dumps(
+        {address: secrets.token_urlsafe(12) for _, address in demo_people(DOMAIN)}, indent=2))
+    return json.loads(text)
+
+
+def service_password(state_dir: Path) -> str:
+    """The gateway's own CalDAV account (reads every calendar for free/busy), kept beside the users'."""
+    return _secret_file(state_dir / "service-password", lambda: secrets.token_urlsafe(18))
 
 
 def write_config(state_dir: Path, ports: dict[str, int], certs: tls.CertPaths, dovecot: Dovecot,
@@ -72,6 +86,8 @@ url = "imaps://127.0.0.1:{dovecot.imaps_port}"
 [backends.radicale-caldav]
 type = "caldav"
 url = "{radicale.url}"
+service_login = "{SERVICE_LOGIN}"
+service_password_file = "service-password"
 
 [backends.radicale-carddav]
 type = "carddav"
@@ -113,7 +129,8 @@ async def run_demo(state_dir: Path, certs_dir: Path, port_base: int = 0, do_seed
         dovecot = Dovecot(state_dir / "dovecot", certs.cert, certs.key, DOMAIN, passwords)
         await asyncio.to_thread(dovecot.start)
         stack.callback(dovecot.stop)
-        radicale = Radicale(state_dir / "radicale", certs.cert, certs.key, passwords)
+        radicale = Radicale(state_dir / "radicale", certs.cert, certs.key, passwords,
+                            service_user=(SERVICE_LOGIN, service_password(state_dir)))
         await asyncio.to_thread(radicale.start)
         stack.callback(radicale.stop)
         smtp = SubmissionServer("127.0.0.1", 0, tls.server_context(certs.cert, certs.key), passwords,
