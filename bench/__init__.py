@@ -1,0 +1,1 @@
+"""Benchmarks for casgate; run them with `make bench` (bench/run.py), never from the test suite."""

@@ -1,0 +1,138 @@
+"""Run casgate's benchmarks against same-run baselines; print a table, write bench/results/ and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script (`python bench/run.py`): make `bench` importable
+
+from bench import report  # noqa: E402
+from bench.harness import BenchError, Options, Progress, check_cpus, machine_info  # noqa: E402
+
+#: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
+#: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
+BENCHMARKS = ["https_front"]
+
+DESCRIPTION = """\
+Measure casgate against a baseline in the same run and write the results.
+
+What happens: a throwaway gateway is set up in a temporary folder under /var/tmp (its own
+development certificates, a private Dovecot as the IMAP back end, `casgate serve` pinned to
+one CPU), then each benchmark starts its baseline server on the same CPU and drives both with
+`wrk` pinned to another CPU, over loopback only. Gateway and baseline measurements alternate
+over several rounds; the medians and their ratio (casgate / baseline, higher is better) are
+reported, plus the ratio of requests per server CPU-second (read from /proc), which other jobs
+on a shared machine disturb far less. Every process started here is stopped at the end, also on
+errors and Ctrl-C; a run where more than 1% of requests fail is refused.
+
+Benchmarks: {names}.
+
+Output: a table on stdout, live progress on stderr, bench/results/latest.json (this run: raw
+wrk numbers, per-round values, machine facts), bench/results/<benchmark>.json (kept between
+runs) and docs/benchmarks.md (regenerated from those files).
+
+Needs: wrk and taskset (Debian packages wrk, util-linux), Dovecot (make install), 2 CPUs.
+With the defaults a run takes about 1.5 minutes."""
+
+
+def _load(name: str):
+    return importlib.import_module(f"bench.{name}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=DESCRIPTION.format(names=", ".join(
+        f"{n} ({_load(n).TITLE})" for n in BENCHMARKS)), formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Options()
+    p.add_argument("--seconds", type=int, default=d.seconds, metavar="N",
+                   help="length of each wrk measurement in seconds, 1-60 (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, metavar="N",
+                   help="how many times each gateway/baseline pair is measured; medians are kept, "
+                        "1-15 (default: %(default)s)")
+    p.add_argument("--connections", type=int, default=d.connections, metavar="N",
+                   help="concurrent connections wrk keeps open, 1-1000 (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, metavar="N",
+                   help="seconds of unrecorded load on each server before the rounds, 0-30 (default: %(default)s)")
+    p.add_argument("--server-cpu", type=int, default=d.server_cpu, metavar="CPU",
+                   help="CPU the gateway and the baselines are pinned to (default: %(default)s)")
+    p.add_argument("--client-cpu", type=int, default=d.client_cpu, metavar="CPU",
+                   help="CPU wrk is pinned to (default: %(default)s)")
+    p.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
+                   help=f"run only this benchmark (repeatable; one of: {', '.join(BENCHMARKS)}); the "
+                        "others keep their last results in docs/benchmarks.md")
+    p.add_argument("--no-docs", action="store_true",
+                   help="print the table only; leave bench/results/ and docs/benchmarks.md alone")
+    p.add_argument("--keep-temp", action="store_true",
+                   help="keep the temporary folder (config, logs, certificates) and print its path")
+    return p
+
+
+def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    for name, lo, hi in (("seconds", 1, 60), ("rounds", 1, 15), ("connections", 1, 1000), ("warmup", 0, 30)):
+        v = getattr(a, name)
+        if not lo <= v <= hi:
+            p.error(f"--{name} must be between {lo} and {hi} (got {v})")
+    if a.server_cpu == a.client_cpu:
+        p.error("--server-cpu and --client-cpu must differ, or wrk steals the server's CPU")
+
+
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    _check_ranges(p, a)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    names = a.only or BENCHMARKS
+    progress = Progress()
+    t0 = time.monotonic()
+    results: dict[str, dict] = {}
+    try:
+        opts = check_cpus(Options(seconds=a.seconds, rounds=a.rounds, connections=a.connections,
+                                  warmup=a.warmup, server_cpu=a.server_cpu, client_cpu=a.client_cpu))
+        machine = machine_info()
+        from bench.gateway_env import start_gateway
+        with ExitStack() as stack:
+            try:
+                env = start_gateway(stack, opts, progress, keep=a.keep_temp)
+                for name in names:
+                    results[name] = _load(name).run(env, opts, progress)
+            finally:
+                progress.show("stopping every process started for the benchmark")
+        progress.clear()
+    except KeyboardInterrupt:
+        progress.note("bench: interrupted; every process it started has been stopped")
+        return 130
+    except BenchError as exc:
+        progress.note(f"bench: {exc}")
+        return 1
+    elapsed = time.monotonic() - t0
+    for name in names:
+        print(report.console_table(results[name]))
+        print()
+    print(f"{machine['date']}, {machine['nproc']} CPUs, Python {machine['python']}; medians of {opts.rounds} "
+          f"rounds x {opts.seconds} s; ratio = casgate / baseline (higher is better); run took {elapsed:.0f} s")
+    if not a.no_docs:
+        for name in names:
+            report.save_result(results[name], machine)
+        latest = report.save_latest({"machine": machine, "options": dataclasses.asdict(opts),
+                                     "elapsed_seconds": round(elapsed, 1), "benchmarks": results})
+        docs = report.write_docs(BENCHMARKS)
+        print(f"wrote {latest.relative_to(ROOT)} and {docs.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
