@@ -96,4 +96,9 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app[HEALTH] = HealthCache(ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    # Imported here: the front ends import CTX from this module.
+    from ..ews.http import register as register_ews
+    from .freebusy_url import register as register_freebusy_url
+    register_ews(app)
+    register_freebusy_url(app)
     return app

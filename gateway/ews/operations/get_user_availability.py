@@ -1,0 +1,132 @@
+"""GetUserAvailability: several mailboxes' free/busy over one window, in the requester's time zone."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from lxml import etree
+
+from adapters.interfaces import UserRecord
+
+from ...services.availability import AccessLevel, AvailabilityError, MailboxAvailability
+from ...services.freebusy import BusyEvent, BusyType, WorkingHours, merged_free_busy
+from ..soap import M_NS, T_NS, EwsRequest, m, response_message, sub, t, version_at_least
+from ..timezones import rule_to_xml
+from ..zone_rules import rule_for_year
+from . import Operation
+from .availability_request import AvailabilityQuery, parse_query
+
+_BUSY = {BusyType.FREE: "Free", BusyType.TENTATIVE: "Tentative", BusyType.BUSY: "Busy", BusyType.OOF: "OOF",
+         BusyType.WORKING_ELSEWHERE: "WorkingElsewhere"}
+# Per-mailbox failures, as Exchange's availability service reports them.
+_ERRORS = {
+    "not-found": ("ErrorMailRecipientNotFound", "Unable to resolve {address} to a mailbox."),
+    "denied": ("ErrorNoFreeBusyAccess", "The caller does not have access to free/busy data of {address}."),
+    "timeout": ("ErrorTimeoutExpired", "The free/busy request for {address} timed out."),
+    "unavailable": ("ErrorMailboxStoreUnavailable", "The calendar of {address} is unavailable right now."),
+    "no-calendar-backend": ("ErrorFreeBusyGenerationFailed", "{address} has no calendar to generate free/busy "
+                                                              "data from."),
+}
+# What a requested view becomes when the requester may only see free/busy times.
+_WITHOUT_DETAILS = {"Detailed": "FreeBusy", "DetailedMerged": "FreeBusyMerged"}
+
+
+def _local(when: dt.datetime, tz: dt.tzinfo) -> str:
+    """An instant as wall time in the requester's zone without offset, as Exchange writes these."""
+    return when.astimezone(tz).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+def _flag(parent: etree._Element, name: str, value: bool) -> None:
+    sub(parent, t(name), "true" if value else "false")
+
+
+def _event(parent: etree._Element, ev: BusyEvent, query: AvailabilityQuery, details: bool,
+           working_elsewhere: bool) -> None:
+    elem = sub(parent, t("CalendarEvent"))
+    sub(elem, t("StartTime"), _local(ev.start, query.tz))
+    sub(elem, t("EndTime"), _local(ev.end, query.tz))
+    # Exchange 2010's schema has no WorkingElsewhere; older clients are told such time is free.
+    busy = ev.busy if working_elsewhere or ev.busy is not BusyType.WORKING_ELSEWHERE else BusyType.FREE
+    sub(elem, t("BusyType"), _BUSY[busy])
+    if details and (ev.subject is not None or ev.location is not None or ev.private):
+        d = sub(elem, t("CalendarEventDetails"))
+        if ev.subject is not None:
+            sub(d, t("Subject"), ev.subject)
+        if ev.location is not None:
+            sub(d, t("Location"), ev.location)
+        _flag(d, "IsMeeting", ev.meeting)
+        _flag(d, "IsRecurring", ev.recurring)
+        _flag(d, "IsException", ev.exception)
+        _flag(d, "IsReminderSet", ev.reminder)
+        _flag(d, "IsPrivate", ev.private)
+
+
+def _working_hours(parent: etree._Element, hours: WorkingHours, year: int) -> None:
+    elem = sub(parent, t("WorkingHours"))
+    rule_to_xml(elem, rule_for_year(hours.time_zone, year))
+    period = sub(sub(elem, t("WorkingPeriodArray")), t("WorkingPeriod"))
+    sub(period, t("DayOfWeek"), " ".join(hours.days))
+    sub(period, t("StartTimeInMinutes"), str(hours.start_minutes))
+    sub(period, t("EndTimeInMinutes"), str(hours.end_minutes))
+
+
+def _failure(parent: etree._Element, address: str, kind: str) -> None:
+    code, text = _ERRORS.get(kind, ("ErrorFreeBusyGenerationFailed", "Free/busy of {address} failed."))
+    response_message(parent, m("ResponseMessage"), code, text.format(address=address))
+    sub(sub(parent, m("FreeBusyView")), t("FreeBusyViewType"), "None")
+
+
+def _mailbox(parent: etree._Element, query: AvailabilityQuery, answer: MailboxAvailability,
+             working_elsewhere: bool) -> None:
+    response_message(parent, m("ResponseMessage"))
+    view = query.view if answer.access is AccessLevel.LIMITED else _WITHOUT_DETAILS.get(query.view, query.view)
+    fbv = sub(parent, m("FreeBusyView"))
+    sub(fbv, t("FreeBusyViewType"), view)
+    if view.endswith("Merged") or view == "MergedOnly":
+        sub(fbv, t("MergedFreeBusy"), merged_free_busy(answer.events, query.start, query.end, query.interval))
+    if view != "MergedOnly":
+        events = sub(fbv, t("CalendarEventArray"))
+        for ev in answer.events:
+            _event(events, ev, query, view.startswith("Detailed"), working_elsewhere)
+    _working_hours(fbv, answer.working_hours, query.start.astimezone(query.tz).year)
+
+
+def render(query: AvailabilityQuery, answers: list[MailboxAvailability | AvailabilityError | None],
+           server_version: str | None) -> etree._Element:
+    """The m:GetUserAvailabilityResponse for one answer per requested mailbox (None: no answer came)."""
+    resp = etree.Element(m("GetUserAvailabilityResponse"), nsmap={"m": M_NS, "t": T_NS})
+    if query.free_busy:
+        working_elsewhere = version_at_least(server_version, "Exchange2013")
+        array = sub(resp, m("FreeBusyResponseArray"))
+        for address, answer in zip(query.addresses, answers, strict=True):
+            one = sub(array, m("FreeBusyResponse"))
+            if isinstance(answer, AvailabilityError):
+                _failure(one, address, answer.kind)
+            elif answer is None:
+                _failure(one, address, "unavailable")
+            elif answer.access is AccessLevel.NONE:
+                # Permission "None", as Exchange answers it: a successful view that shows nothing.
+                response_message(one, m("ResponseMessage"))
+                sub(sub(one, m("FreeBusyView")), t("FreeBusyViewType"), "None")
+            else:
+                _mailbox(one, query, answer, working_elsewhere)
+    if query.suggestions:
+        response_message(sub(resp, m("SuggestionsResponse")), m("ResponseMessage"),
+                         "ErrorMeetingSuggestionGenerationFailed",
+                         "Meeting suggestions (SuggestionsViewOptions) are not implemented by this server.")
+    return resp
+
+
+async def handle(ctx: Any, user: UserRecord, request: EwsRequest) -> etree._Element:
+    query = parse_query(request.body, request.header, ctx.config.availability)
+    answers: list[MailboxAvailability | AvailabilityError | None] = [None] * len(query.addresses)
+    if query.free_busy:
+        found = await ctx.availability.lookup(user, query.addresses, query.start, query.end,
+                                     credentials=request.credentials)
+        count = len(query.addresses)
+        answers = list(found)[:count] + [None] * (count - len(found))  # a short answer leaves the rest failed
+    return render(query, answers, request.server_version)
+
+
+OPERATION = Operation("GetUserAvailabilityRequest", handle)
