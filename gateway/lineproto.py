@@ -20,6 +20,27 @@ class Reply:
     starttls: bool = False
 
 
+def split_commands(buf: bytes, data: bytes, handle: Callable[[bytes], Reply], max_line: int,
+                   too_long: Reply) -> tuple[bytes, list[Reply], bool]:
+    """Run ``handle`` on every complete line of ``buf + data``.
+
+    Returns (what is left unread, the replies, whether the session is over).
+    Reading stops at a reply that closes or starts TLS: bytes a client
+    pipelined behind STARTTLS must never be acted on after the handshake.
+    """
+    buf += data
+    out: list[Reply] = []
+    while b"\n" in buf:
+        line, _, buf = buf.partition(b"\n")
+        reply = handle(line.rstrip(b"\r"))
+        out.append(reply)
+        if reply.close or reply.starttls:
+            return b"", out, reply.close
+    if len(buf) > max_line:
+        return b"", out + [too_long], True
+    return buf, out, False
+
+
 class LineCore(Protocol):
     """What a protocol core offers its shell; it never touches a socket."""
 

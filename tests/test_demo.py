@@ -158,6 +158,46 @@ def test_mail_sent_by_one_user_arrives_for_another(demo):
     m.logout()
 
 
+def test_free_busy_of_demo_users_through_ews(demo):
+    """exchangelib asks the demo gateway for bob's and carol's free/busy; every seeded single, timed, opaque,
+    confirmed event (read back from Radicale) shows as busy in the merged string."""
+    import datetime as dt
+
+    import icalendar
+    from exchangelib import DELEGATE, Account, Configuration, Credentials, EWSDateTime, EWSTimeZone
+    from exchangelib.transport import BASIC
+
+    _, data, _, _ = demo
+    os.environ["REQUESTS_CA_BUNDLE"] = data["ca_cert"]
+    config = Configuration(service_endpoint=data["ews_url"], auth_type=BASIC,
+                           credentials=Credentials("alice@example.test", _pw(data, "alice@example.test")))
+    account = Account("alice@example.test", config=config, autodiscover=False, access_type=DELEGATE)
+    utc = EWSTimeZone("UTC")
+    start = EWSDateTime.now(utc).replace(minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
+    end = start + dt.timedelta(days=20)
+    for address in ("bob@example.test", "carol@example.test"):
+        client = caldav.DAVClient(data["backends"]["caldav_url"], username=address, password=_pw(data, address),
+                                  ssl_verify_cert=data["ca_cert"])
+        simple = []
+        for item in client.principal().calendars()[0].events():
+            for ev in icalendar.Calendar.from_ical(item.data).walk("VEVENT"):
+                if any(k in ev for k in ("RRULE", "RECURRENCE-ID")) or not isinstance(ev["DTSTART"].dt, dt.datetime):
+                    continue
+                if ev.get("TRANSP") == "TRANSPARENT" or ev.get("STATUS") in ("TENTATIVE", "CANCELLED"):
+                    continue
+                s, e = ev["DTSTART"].dt.astimezone(dt.timezone.utc), ev["DTEND"].dt.astimezone(dt.timezone.utc)
+                if s >= start and e <= end:
+                    simple.append((s, e))
+        assert simple, f"{address} has seeded single events in the window"
+        (view,) = account.protocol.get_free_busy_info([(address, "Required", False)], start, end,
+                                                       merged_free_busy_interval=30, requested_view="MergedOnly")
+        for s, e in simple:
+            first = int((s - start).total_seconds() // 1800)
+            last = int(((e - start).total_seconds() - 1) // 1800)
+            assert all(view.merged[i] in "23" for i in range(first, last + 1)), (address, s, e)
+
+
+# Last: it stops the demo that the tests above share.
 def test_ctrl_c_stops_everything(demo):
     proc, data, state, _ = demo
     backend_ports = [data["backends"]["imap"]["port"], data["backends"]["smtp"]["port"],

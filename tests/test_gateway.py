@@ -62,7 +62,8 @@ def gateway_proc(tmp_path_factory, workdir, certs, dovecot):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ports = ports_of(cfg)
     try:
-        wait_for_port("127.0.0.1", ports["https"], 20, proc, "gateway")
+        for port in ports.values():  # the listeners open one after another
+            wait_for_port("127.0.0.1", port, 20, proc, "gateway")
         yield proc, ports, cfg
     finally:
         proc.terminate()

@@ -154,6 +154,7 @@ async def run_demo(state_dir: Path, certs_dir: Path, port_base: int = 0, do_seed
             "https_url": f"https://127.0.0.1:{listeners.bound['https']}",
             "imap": {"host": "127.0.0.1", "port": listeners.bound["imap"], "tls_port": listeners.bound["imaps"]},
             "pop3": {"host": "127.0.0.1", "port": listeners.bound["pop3"], "tls_port": listeners.bound["pop3s"]},
+            "ews_url": f"https://127.0.0.1:{listeners.bound['https']}/EWS/Exchange.asmx",
             "ca_cert": str(certs.ca_cert),
             "users": [{"address": a, "password": p} for a, p in passwords.items()],
             "backends": {"imap": {"host": "127.0.0.1", "port": dovecot.imaps_port},
@@ -177,6 +178,7 @@ def summary(e: dict) -> str:
     return f"""
 casgate demo is running for {e['domain']} (Ctrl-C stops everything)
   HTTPS     {e['https_url']}   (/healthz, /metrics)
+  EWS       {e['ews_url']}   (free/busy; also /freebusy/<address>.vfb)
   IMAP      127.0.0.1:{e['imap']['tls_port']} (TLS), 127.0.0.1:{e['imap']['port']} (STARTTLS)
   POP3      127.0.0.1:{e['pop3']['tls_port']} (TLS), 127.0.0.1:{e['pop3']['port']} (STLS)
   trust CA  {e['ca_cert']}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ..lineproto import Reply
+from ..lineproto import Reply, split_commands
 
 MAX_LINE = 8192
 # RFC 3501 tag characters: no "*", "%" or "+", so a reply never reads as untagged or as a continuation.
@@ -46,19 +46,8 @@ class ImapPreAuth:
     def receive(self, data: bytes) -> list[Reply]:
         if self._closed:
             return []
-        self._buf += data
-        out: list[Reply] = []
-        while b"\n" in self._buf:
-            line, _, self._buf = self._buf.partition(b"\n")
-            reply = self._line(line.rstrip(b"\r"))
-            out.append(reply)
-            if reply.close or reply.starttls:
-                self._buf = b""
-                self._closed = reply.close
-                break
-        if len(self._buf) > MAX_LINE:
-            self._closed = True
-            out.append(Reply(b"* BYE line too long\r\n", close=True))
+        self._buf, out, self._closed = split_commands(self._buf, data, self._line, MAX_LINE,
+                                                      Reply(b"* BYE line too long\r\n", close=True))
         return out
 
     def _line(self, line: bytes) -> Reply:

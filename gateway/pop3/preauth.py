@@ -6,7 +6,7 @@ answered with a clear -ERR, never pretended.
 
 from __future__ import annotations
 
-from ..lineproto import Reply
+from ..lineproto import Reply, split_commands
 
 MAX_LINE = 512  # RFC 2449: a command line is at most 255 octets; allow slack for long AUTH
 
@@ -38,19 +38,8 @@ class Pop3PreAuth:
     def receive(self, data: bytes) -> list[Reply]:
         if self._closed:
             return []
-        self._buf += data
-        out: list[Reply] = []
-        while b"\n" in self._buf:
-            line, _, self._buf = self._buf.partition(b"\n")
-            reply = self._line(line.rstrip(b"\r"))
-            out.append(reply)
-            if reply.close or reply.starttls:
-                self._buf = b""
-                self._closed = reply.close
-                break
-        if len(self._buf) > MAX_LINE:
-            self._closed = True
-            out.append(Reply(b"-ERR line too long\r\n", close=True))
+        self._buf, out, self._closed = split_commands(self._buf, data, self._line, MAX_LINE,
+                                                      Reply(b"-ERR line too long\r\n", close=True))
         return out
 
     def _line(self, line: bytes) -> Reply:
