@@ -158,7 +158,7 @@ def test_mail_sent_by_one_user_arrives_for_another(demo):
     m.logout()
 
 
-def test_free_busy_of_demo_users_through_ews(demo):
+def test_free_busy_of_demo_users_through_ews(demo, monkeypatch):
     """exchangelib asks the demo gateway for bob's and carol's free/busy; every seeded single, timed, opaque,
     confirmed event (read back from Radicale) shows as busy in the merged string."""
     import datetime as dt
@@ -168,7 +168,7 @@ def test_free_busy_of_demo_users_through_ews(demo):
     from exchangelib.transport import BASIC
 
     _, data, _, _ = demo
-    os.environ["REQUESTS_CA_BUNDLE"] = data["ca_cert"]
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", data["ca_cert"])
     config = Configuration(service_endpoint=data["ews_url"], auth_type=BASIC,
                            credentials=Credentials("alice@example.test", _pw(data, "alice@example.test")))
     account = Account("alice@example.test", config=config, autodiscover=False, access_type=DELEGATE)

@@ -165,8 +165,15 @@ caldav = "dav"
 
 
 @pytest.fixture(scope="module")
-def account(ews_gateway, certs, users):
-    os.environ["REQUESTS_CA_BUNDLE"] = str(certs.ca_cert)
+def ca_bundle(certs):
+    """exchangelib (requests) trusts the test CA through this variable, for this module only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REQUESTS_CA_BUNDLE", str(certs.ca_cert))
+        yield str(certs.ca_cert)
+
+
+@pytest.fixture(scope="module")
+def account(ews_gateway, ca_bundle, users):
     from exchangelib import DELEGATE, Account, Configuration, Credentials as EwsCredentials
     from exchangelib.transport import BASIC
     url, _, _ = ews_gateway
@@ -251,7 +258,7 @@ def _soap(url: str, users, body: bytes) -> tuple[int, bytes]:
     auth = base64.b64encode(f"alice@example.test:{users['alice@example.test']}".encode()).decode()
     req = urllib.request.Request(url, data=body, method="POST", headers={
         "Authorization": f"Basic {auth}", "Content-Type": "text/xml; charset=utf-8"})
-    ctx = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])
+    ctx = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])  # set by ca_bundle
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=20) as r:
             return r.status, r.read()
@@ -305,7 +312,7 @@ def test_internet_free_busy_url(ews_gateway, account, users):
     url, _, _ = ews_gateway
     base = url.rsplit("/EWS/", 1)[0]
     auth = base64.b64encode(f"alice@example.test:{users['alice@example.test']}".encode()).decode()
-    ctx = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])
+    ctx = ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])  # set by ca_bundle
 
     def get(path):
         req = urllib.request.Request(base + path, headers={"Authorization": f"Basic {auth}"})

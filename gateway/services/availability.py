@@ -1,4 +1,4 @@
-"""The Availability service: whose calendar, who may see what, every mailbox at once, cached by ctag."""
+"""The Availability service: whose calendar, who may see what, every mailbox at once, cached by ctag or TTL."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from adapters.errors import AuthenticationFailed, BackendError, NotFound, Permis
 from adapters.interfaces import Credentials, UserRecord
 
 from ..config import Config, ConfigError
+from .availability_ews import EwsAvailability
 from .backends import Backends
 from .directory import StaticDirectory
 from .freebusy import BusyEvent, WorkingHours, events_to_busy, to_utc, working_hours_from_config
@@ -99,6 +100,7 @@ class AvailabilityService:
         self._working_hours = working_hours_from_config(av)
         self._floating_tz = ZoneInfo(av.time_zone)
         self._access = {address.lower(): AccessLevel(level) for address, level in av.user_access.items()}
+        self._ews = EwsAvailability(config, backends, clock, cache_size)
 
     def access_for(self, requester: UserRecord | None, owner: UserRecord) -> AccessLevel:
         """What ``requester`` (None: anonymous) may see of ``owner``'s calendar; owners see all (LIMITED)."""
@@ -149,11 +151,15 @@ class AvailabilityService:
         access = self.access_for(requester, owner)
         if access is AccessLevel.NONE:
             return MailboxAvailability(owner.address, [], access, self._working_hours)
-        name = self._directory.route(owner, "caldav")
-        if not name:
+        if name := self._directory.route(owner, "caldav"):
+            events = await self._shared(owner, name, self._login(name, credentials if own else None), start, end)
+        elif name := self._directory.route(owner, "ews"):
+            found = await self._remote(owner, name, self._login(name, credentials if own else None), start, end)
+            if found is None:
+                return MailboxAvailability(owner.address, [], AccessLevel.NONE, self._working_hours)
+            events = found
+        else:
             raise AvailabilityError("no-calendar-backend", f"{owner.address} has no calendar")
-        login = self._login(name, credentials if own else None)
-        events = await self._shared(owner, name, login, start, end)
         if not own:
             events = [ev if access is AccessLevel.LIMITED and not ev.private else _hide(ev) for ev in events]
         return MailboxAvailability(owner.address, list(events), access, self._working_hours)
@@ -170,6 +176,22 @@ class AvailabilityService:
             return own_credentials
         log.warning("back end %s has no service_login: free/busy of its users cannot be read", name)
         raise AvailabilityError("unavailable", "free/busy is not set up for this calendar")
+
+    async def _remote(self, owner: UserRecord, name: str, login: Credentials, start: dt.datetime,
+                      end: dt.datetime) -> list[BusyEvent] | None:
+        """The events an existing Exchange reports for ``owner``; None when it shares nothing with our account."""
+        try:
+            return await self._ews.events(name, login, owner.address, start, end)
+        except NotFound:
+            raise AvailabilityError("not-found", f"{owner.address}: no such mailbox on its Exchange") from None
+        except PermissionDenied:
+            return None  # passed on as Exchange says it: a view of type None
+        except AuthenticationFailed as exc:
+            log.warning("back end %s refused %s reading %s's free/busy: %s", name, login.username, owner.address, exc)
+            raise AvailabilityError("unavailable", "the Exchange server refused the free/busy account") from None
+        except BackendError as exc:
+            log.info("free/busy of %s unavailable: %s", owner.address, exc)
+            raise AvailabilityError("unavailable", f"{owner.address}: the Exchange server is unavailable") from None
 
     async def _shared(self, owner: UserRecord, name: str, login: Credentials, start: dt.datetime,
                       end: dt.datetime) -> list[BusyEvent]:

@@ -6,12 +6,16 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from adapters.imap import ImapEndpoint, ImapMailStore
 from adapters.interfaces import Credentials
 
 from .. import tls
 from ..config import BackendConfig, Config
+
+if TYPE_CHECKING:
+    from adapters.ews import EwsFreeBusy
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Backends:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._contexts: dict[str, ssl.SSLContext] = {}
+        self._ews: dict[tuple[str, Credentials], EwsFreeBusy] = {}
 
     def get(self, name: str) -> BackendConfig:
         return self.config.backends[name]
@@ -49,6 +54,20 @@ class Backends:
 
     def mail_store(self, name: str, credentials: Credentials, client_ip: str | None = None) -> ImapMailStore:
         return ImapMailStore(self.imap_endpoint(name), credentials, client_ip)
+
+    def ews_freebusy(self, name: str, credentials: Credentials) -> EwsFreeBusy:
+        """The free/busy client of an EWS back end for one login, kept so its sessions and version are reused."""
+        key = (name, credentials)
+        if key not in self._ews:
+            # Imported here: exchangelib takes a quarter of a second to load, and most sites have no Exchange.
+            from adapters.ews import EwsFreeBusy
+            b = self.get(name)
+            ca = b.ca_file or self.config.tls.ca_file
+            # A blocked thread cannot be cancelled: the HTTP timeout must not outlast availability.timeout.
+            timeout = min(b.timeout, self.config.availability.timeout)
+            self._ews[key] = EwsFreeBusy(b.url, credentials, self.config.path(ca) if ca else None, timeout,
+                                         verify=b.verify)
+        return self._ews[key]
 
     async def probe(self, name: str) -> Probe:
         """Connect to the back end (TLS where configured) and read its greeting or an HTTP status."""
