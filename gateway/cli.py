@@ -1,4 +1,4 @@
-"""The ``casgate`` command: serve, check, demo, certs and config-help."""
+"""The ``casgate`` command: serve, check, demo, certs, dns and config-help."""
 
 from __future__ import annotations
 
@@ -56,12 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     ce_sub = ce.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
     ci = ce_sub.add_parser("init", help="make (or reuse) a dev CA and a leaf certificate",
                            description="Write ca.pem/ca.key and server.pem/server.key. Without --host the "
-                                       "certificate names mail.DOMAIN, autodiscover.DOMAIN, localhost and "
+                                       "certificate names mail.DOMAIN, autodiscover.DOMAIN, autoconfig.DOMAIN, "
+                                       "localhost and "
                                        "127.0.0.1.")
     ci.add_argument("--domain", required=True, help="mail domain, e.g. example.com")
     ci.add_argument("--host", action="append", default=[], metavar="H",
                     help="a host name or address for the certificate (repeatable)")
     ci.add_argument("--dir", default="certs", help="output folder (default: %(default)s)")
+
+    dn = sub.add_parser("dns", help="print the DNS records to publish for a domain",
+                        description="Print, in zone-file syntax, the SRV records (_autodiscover, and _imaps, "
+                                    "_imap, _pop3s, _pop3, _submissions, _submission per RFC 6186/8314) and the "
+                                    "autodiscover/autoconfig host names that let clients find this gateway "
+                                    "from an address alone. Services not offered get the '0 0 0 .' record.")
+    dn.add_argument("--domain", required=True, help="mail domain (or alias domain) of the configuration")
+    dn.add_argument("-c", "--config", required=True, metavar="FILE", help="casgate.toml to read")
 
     sub.add_parser("config-help", help="list every config key with its type, default and meaning")
     return p
@@ -98,6 +107,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths, made = tls.init_certs(Path(args.dir), args.domain, hosts)
         print(f"{'wrote' if made else 'kept'} {paths.cert} (names: {', '.join(tls.cert_hosts(paths.cert))})")
         print(f"CA to trust: {paths.ca_cert}")
+        return 0
+    if args.command == "dns":
+        from .autodiscover.dns import zone_for
+        cfg = load(args.config)
+        try:
+            print(zone_for(cfg, args.domain, args.config), end="")
+        except LookupError as exc:
+            return _fail(str(exc))
         return 0
     if args.command == "check":
         cfg = load(args.config)

@@ -160,6 +160,63 @@ class AvailabilityConfig:
     time_zone: str = _opt("UTC", "Time zone of the default working hours (IANA name).", check=_zone)
 
 
+TLS_MODES = ("implicit", "starttls", "none")
+PUBLISHED_PROTOCOLS = ("imap", "pop3", "smtp")
+
+
+def _host_name(v: str) -> str | None:
+    import ipaddress
+    bad = not v.isascii() or any(c.isspace() or c in "/@?#[]" for c in v)
+    if ":" in v and not bad:  # only an IPv6 address may contain colons; a port is not part of a host name
+        try:
+            ipaddress.IPv6Address(v)
+        except ValueError:
+            bad = True
+    return "must be a bare host name such as mail.example.com (no scheme, port or path)" if bad else None
+
+
+def _culture(v: str) -> str | None:
+    lang, colon, region = v.partition(":")
+    ok = colon and lang.isascii() and region.isascii() and lang.isalpha() and region.isalpha()
+    return None if ok and 2 <= len(lang) <= 3 and 2 <= len(region) <= 3 else 'must look like "en:us"'
+
+
+def _protocols(v: list[str]) -> str | None:
+    bad = [p for p in v if p not in PUBLISHED_PROTOCOLS]
+    return f"{bad[0]}: must be one of {', '.join(PUBLISHED_PROTOCOLS)}" if bad else None
+
+
+@dataclass(frozen=True)
+class AutodiscoverConfig:
+    http_port: int = _opt(0, "Plain-HTTP port that answers GET /autodiscover/autodiscover.xml (and .svc) with a "
+                             "redirect to the HTTPS URL (Exchange's HTTP redirect method); 0 disables.", check=_port)
+    public_host: str = _opt("", "Host name clients are told (EWS, ActiveSync and web URLs, mail servers); empty "
+                                "means the host of server.public_url, else server.listen. The HTTPS port and "
+                                "path stay those of server.public_url (or server.https_port).", check=_host_name)
+    protocols: list[str] = _opt(lambda: list(PUBLISHED_PROTOCOLS), "Mail protocols published besides EWS and "
+                                "ActiveSync: any of imap, pop3, smtp.", factory=True, check=_protocols)
+    imap_host: str = _opt("", "IMAP host clients are told; empty means public_host.", check=_host_name)
+    imap_port: int = _opt(0, "IMAP port clients are told; 0 means the gateway's own port for imap_tls "
+                             "(server.imaps_port for implicit, server.imap_port otherwise); if that is 0 too, "
+                             "IMAP is not published.", check=_port)
+    imap_tls: str = _opt("implicit", "How IMAP clients start TLS: implicit, starttls or none.",
+                         check=_one_of(*TLS_MODES))
+    pop3_host: str = _opt("", "POP3 host clients are told; empty means public_host.", check=_host_name)
+    pop3_port: int = _opt(0, "POP3 port clients are told; 0 means the gateway's own port for pop3_tls "
+                             "(server.pop3s_port for implicit, server.pop3_port otherwise).", check=_port)
+    pop3_tls: str = _opt("implicit", "How POP3 clients start TLS: implicit, starttls or none.",
+                         check=_one_of(*TLS_MODES))
+    smtp_host: str = _opt("", "SMTP submission host clients are told; empty means the host of the user's (or "
+                              "domain's) smtp back end.", check=_host_name)
+    smtp_port: int = _opt(0, "SMTP submission port; 0 means the port of that smtp back end.", check=_port)
+    smtp_tls: str = _opt("auto", "How SMTP clients start TLS: auto (as the smtp back end does), implicit, "
+                                 "starttls or none.", check=_one_of("auto", *TLS_MODES))
+    culture: str = _opt("en:us", "Culture named in ActiveSync autodiscover answers (language:region).",
+                        check=_culture)
+    sign_mobileconfig: bool = _opt(False, "Sign /mobileconfig profiles (CMS) with tls.cert and tls.key, so "
+                                          "Apple devices show them as verified.")
+
+
 BACKEND_TYPES = ("imap", "caldav", "carddav", "smtp", "ews")
 _SCHEMES = {
     "imap": ("imap", "imaps"),
@@ -243,6 +300,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    autodiscover: AutodiscoverConfig = field(default_factory=AutodiscoverConfig)
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     #: Folder relative paths in the file are resolved against.

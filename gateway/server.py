@@ -49,6 +49,7 @@ class Listeners:
 
     ctx: GatewayContext
     runner: web.AppRunner | None = None
+    redirect_runner: web.AppRunner | None = None  # plain-HTTP autodiscover redirect, when configured
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     bound: dict[str, int] = field(default_factory=dict)
 
@@ -63,6 +64,14 @@ class Listeners:
                                backlog=1024, reuse_address=True)
             await self._bind("https", cfg.https_port, site.start())
             self.bound["https"] = _port_of(site._server) or cfg.https_port  # type: ignore[attr-defined]
+            if http_port := self.ctx.config.autodiscover.http_port:
+                from .autodiscover import build_redirect_app
+                self.redirect_runner = web.AppRunner(build_redirect_app(self.ctx), access_log=None,
+                                                     handle_signals=False, shutdown_timeout=2)
+                await self.redirect_runner.setup()
+                plain = web.TCPSite(self.redirect_runner, host, http_port, reuse_address=True)
+                await self._bind("autodiscover-http", http_port, plain.start(), "autodiscover.http_port")
+                self.bound["autodiscover_http"] = _port_of(plain._server) or http_port  # type: ignore[attr-defined]
             line_listeners = [
                 ("imap", cfg.imap_port, lambda tls_on: ImapPreAuth(tls_on), False),
                 ("imaps", cfg.imaps_port, lambda tls_on: ImapPreAuth(tls_on), True),
@@ -84,14 +93,14 @@ class Listeners:
         log.info("listening", extra={"event": "listening", "host": host,
                                      **{f"{k}_port": v for k, v in self.bound.items()}})
 
-    async def _bind(self, name: str, port: int, coro):
+    async def _bind(self, name: str, port: int, coro, key: str = ""):
         try:
             return await coro
         except OSError as exc:
             host = self.ctx.config.server.listen
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(f"cannot listen for {name} on {host}:{port}: the port is already in use "
-                                   f"(set server.{name}_port, or --port-base for the demo)") from None
+                                   f"(set {key or f'server.{name}_port'}, or --port-base for the demo)") from None
             if exc.errno == errno.EACCES:
                 raise StartupError(f"cannot listen for {name} on {host}:{port}: permission denied") from None
             raise StartupError(f"cannot listen for {name} on {host}:{port}: {exc.strerror}") from None
@@ -105,6 +114,9 @@ class Listeners:
             except asyncio.TimeoutError:
                 pass
         self.servers.clear()
+        if self.redirect_runner is not None:
+            await self.redirect_runner.cleanup()
+            self.redirect_runner = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

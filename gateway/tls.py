@@ -66,7 +66,7 @@ def init_certs(directory: Path, domain: str, hosts: list[str] | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     paths = CertPaths(directory / "ca.pem", directory / "ca.key", directory / "server.pem",
                       directory / "server.key")
-    wanted = hosts or [f"mail.{domain}", f"autodiscover.{domain}", "localhost", "127.0.0.1"]
+    wanted = hosts or [f"mail.{domain}", f"autodiscover.{domain}", f"autoconfig.{domain}", "localhost", "127.0.0.1"]
     now = dt.datetime.now(dt.timezone.utc)
     if all(p.exists() for p in (paths.ca_cert, paths.ca_key, paths.cert, paths.key)):
         try:

@@ -97,8 +97,13 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     # Imported here: the front ends import CTX from this module.
+    from ..autodiscover import autoconfig, mobileconfig
+    from ..autodiscover import register as register_autodiscover
     from ..ews.http import register as register_ews
     from .freebusy_url import register as register_freebusy_url
     register_ews(app)
+    register_autodiscover(app)
+    autoconfig.register_extra(app)
+    mobileconfig.register_extra(app)
     register_freebusy_url(app)
     return app
