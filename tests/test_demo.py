@@ -61,8 +61,12 @@ def demo():
     data = json.loads(endpoints.read_text())
     yield proc, data, state, base
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGINT)  # lets the demo stop its back ends; a kill would rely on PDEATHSIG
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _ctx(data) -> ssl.SSLContext:
@@ -212,3 +216,28 @@ def test_ctrl_c_stops_everything(demo):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert not (state / "endpoints.json").exists()
     assert "alice@example.test" in out  # the summary named the users
+
+
+def test_back_ends_do_not_outlive_a_killed_demo():
+    """Even SIGKILL, which allows no clean-up, must not leave Dovecot or Radicale running."""
+    state = Path(tempfile.mkdtemp(prefix="casgate-demo-kill-", dir="/var/tmp"))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--state-dir", str(state), "--no-seed",
+                             "--port-base", str(_port_base()), "--certs-dir", str(state / "certs")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoints = state / "endpoints.json"
+    deadline = time.monotonic() + 60
+    while not endpoints.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    data = json.loads(endpoints.read_text())
+    ports = [data["backends"]["imap"]["port"], int(data["backends"]["caldav_url"].rsplit(":", 1)[1].strip("/"))]
+    proc.kill()
+    proc.wait()
+    for port in ports:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"a back end still listens on {port} after the demo was killed")

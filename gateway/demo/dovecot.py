@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .procs import free_port, stop_process, traversable_by, unprivileged_ids, wait_for_port
+from .procs import free_port, spawn, stop_process, traversable_by, unprivileged_ids, wait_for_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -196,11 +196,12 @@ class Dovecot:
             instance=f"casgate-{hashlib.sha256(str(self.root).encode()).hexdigest()[:8]}",
             run=run, state=state, log=self.log, internal_user=internal_user,
             internal_group=internal_group, login_user=login_user, cert=self.cert, key=self.key,
-            auth_user='root' if os.geteuid() == 0 else user, mail=self.mail_dir, domain=self.domain, passwd=self.root / "passwd",
+            auth_user="root" if os.geteuid() == 0 else user, mail=self.mail_dir, domain=self.domain,
+            passwd=self.root / "passwd",
             imap_port=self.imap_port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
             pop3s_port=self.pop3s_port, lmtp_port=self.lmtp_port))
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "dovecot.err", "ab"))
+        with open(self.root / "dovecot.err", "ab") as err:
+            self.proc = spawn([DOVECOT, "-F", "-c", str(conf)], err)
         for port in (self.imap_port, self.imaps_port, self.pop3_port, self.lmtp_port):
             wait_for_port("127.0.0.1", port, timeout, self.proc, "Dovecot", self.log)
         return self

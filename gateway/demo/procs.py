@@ -35,6 +35,25 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.
     raise RuntimeError(f"{what} did not start listening on {host}:{port}{tail}")
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args: list[str], log, **kw) -> subprocess.Popen:
+    """Start a back end that cannot outlive us: if casgate is killed outright, Linux stops it too.
+
+    Call it from the main thread: the kernel ties the signal to the thread that forked.
+    """
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                            preexec_fn=_die_with_parent, **kw)
+
+
 def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
     """Terminate a child process, killing it if it does not stop in time."""
     if proc is None or proc.poll() is not None:

@@ -127,11 +127,11 @@ async def run_demo(state_dir: Path, certs_dir: Path, port_base: int = 0, do_seed
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         dovecot = Dovecot(state_dir / "dovecot", certs.cert, certs.key, DOMAIN, passwords)
-        await asyncio.to_thread(dovecot.start)
+        dovecot.start()  # from the main thread: the back ends are tied to it (see procs.spawn)
         stack.callback(dovecot.stop)
         radicale = Radicale(state_dir / "radicale", certs.cert, certs.key, passwords,
                             service_user=(SERVICE_LOGIN, service_password(state_dir)))
-        await asyncio.to_thread(radicale.start)
+        radicale.start()
         stack.callback(radicale.stop)
         smtp = SubmissionServer("127.0.0.1", 0, tls.server_context(certs.cert, certs.key), passwords,
                                 "127.0.0.1", dovecot.lmtp_port, local_domains=(DOMAIN,))
