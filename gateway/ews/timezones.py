@@ -188,3 +188,46 @@ def rule_to_xml(parent: etree._Element, rule: Rule) -> etree._Element:
     _change_to_xml(elem, "DaylightTime", rule.daylight_bias if dst else rule.standard_bias,
                    rule.to_daylight if dst else None)
     return elem
+
+
+class WallClock:
+    """Writes UTC instants as wall time in one zone, fast: the zone is asked once per UTC day.
+
+    A free/busy answer can hold tens of thousands of times; converting each through
+    a rule-based tzinfo costs tens of microseconds. Offsets only change at
+    transitions, which fall on quarter hours of UTC in every real zone, so a day
+    whose offset is the same at both ends is constant throughout, and a day with a
+    transition is looked up per quarter hour.
+    """
+
+    _QUARTER = 900
+
+    def __init__(self, tz: dt.tzinfo) -> None:
+        self.tz = tz
+        self._days: dict[int, dt.timedelta | None] = {}
+        self._quarters: dict[int, dt.timedelta] = {}
+
+    def _offset_at(self, when: dt.datetime) -> dt.timedelta:
+        return when.astimezone(self.tz).utcoffset() or dt.timedelta(0)
+
+    def offset(self, when: dt.datetime) -> dt.timedelta:
+        utc = when.astimezone(dt.timezone.utc)
+        day = utc.toordinal()
+        if day not in self._days:
+            start = dt.datetime(utc.year, utc.month, utc.day, tzinfo=dt.timezone.utc)
+            first = self._offset_at(start)
+            last = self._offset_at(start + dt.timedelta(days=1) - dt.timedelta(seconds=1))
+            self._days[day] = first if first == last else None
+        constant = self._days[day]
+        if constant is not None:
+            return constant
+        quarter = int(utc.timestamp()) // self._QUARTER
+        if quarter not in self._quarters:
+            self._quarters[quarter] = self._offset_at(
+                dt.datetime.fromtimestamp(quarter * self._QUARTER, dt.timezone.utc))
+        return self._quarters[quarter]
+
+    def wall(self, when: dt.datetime) -> str:
+        """ISO 8601 wall time without offset, seconds precision, as Exchange writes these."""
+        local = when.astimezone(dt.timezone.utc) + self.offset(when)
+        return local.replace(tzinfo=None, microsecond=0).isoformat()

@@ -12,7 +12,7 @@ from adapters.interfaces import UserRecord
 from ...services.availability import AccessLevel, AvailabilityError, MailboxAvailability
 from ...services.freebusy import BusyEvent, BusyType, WorkingHours, merged_free_busy
 from ..soap import M_NS, T_NS, EwsRequest, m, response_message, sub, t, version_at_least
-from ..timezones import rule_to_xml
+from ..timezones import WallClock, rule_to_xml
 from ..zone_rules import rule_for_year
 from . import Operation
 from .availability_request import AvailabilityQuery, parse_query
@@ -32,20 +32,16 @@ _ERRORS = {
 _WITHOUT_DETAILS = {"Detailed": "FreeBusy", "DetailedMerged": "FreeBusyMerged"}
 
 
-def _local(when: dt.datetime, tz: dt.tzinfo) -> str:
-    """An instant as wall time in the requester's zone without offset, as Exchange writes these."""
-    return when.astimezone(tz).replace(tzinfo=None, microsecond=0).isoformat()
-
-
 def _flag(parent: etree._Element, name: str, value: bool) -> None:
     sub(parent, t(name), "true" if value else "false")
 
 
-def _event(parent: etree._Element, ev: BusyEvent, query: AvailabilityQuery, details: bool,
+def _event(parent: etree._Element, ev: BusyEvent, clock: WallClock, details: bool,
            working_elsewhere: bool) -> None:
     elem = sub(parent, t("CalendarEvent"))
-    sub(elem, t("StartTime"), _local(ev.start, query.tz))
-    sub(elem, t("EndTime"), _local(ev.end, query.tz))
+    # Times in the requester's zone without offset, as Exchange writes them.
+    sub(elem, t("StartTime"), clock.wall(ev.start))
+    sub(elem, t("EndTime"), clock.wall(ev.end))
     # Exchange 2010's schema has no WorkingElsewhere; older clients are told such time is free.
     busy = ev.busy if working_elsewhere or ev.busy is not BusyType.WORKING_ELSEWHERE else BusyType.FREE
     sub(elem, t("BusyType"), _BUSY[busy])
@@ -78,7 +74,7 @@ def _failure(parent: etree._Element, address: str, kind: str) -> None:
 
 
 def _mailbox(parent: etree._Element, query: AvailabilityQuery, answer: MailboxAvailability,
-             working_elsewhere: bool) -> None:
+             working_elsewhere: bool, clock: WallClock) -> None:
     response_message(parent, m("ResponseMessage"))
     view = query.view if answer.access is AccessLevel.LIMITED else _WITHOUT_DETAILS.get(query.view, query.view)
     fbv = sub(parent, m("FreeBusyView"))
@@ -88,7 +84,7 @@ def _mailbox(parent: etree._Element, query: AvailabilityQuery, answer: MailboxAv
     if view != "MergedOnly":
         events = sub(fbv, t("CalendarEventArray"))
         for ev in answer.events:
-            _event(events, ev, query, view.startswith("Detailed"), working_elsewhere)
+            _event(events, ev, clock, view.startswith("Detailed"), working_elsewhere)
     _working_hours(fbv, answer.working_hours, query.start.astimezone(query.tz).year)
 
 
@@ -98,6 +94,7 @@ def render(query: AvailabilityQuery, answers: list[MailboxAvailability | Availab
     resp = etree.Element(m("GetUserAvailabilityResponse"), nsmap={"m": M_NS, "t": T_NS})
     if query.free_busy:
         working_elsewhere = version_at_least(server_version, "Exchange2013")
+        clock = WallClock(query.tz)
         array = sub(resp, m("FreeBusyResponseArray"))
         for address, answer in zip(query.addresses, answers, strict=True):
             one = sub(array, m("FreeBusyResponse"))
@@ -110,7 +107,7 @@ def render(query: AvailabilityQuery, answers: list[MailboxAvailability | Availab
                 response_message(one, m("ResponseMessage"))
                 sub(sub(one, m("FreeBusyView")), t("FreeBusyViewType"), "None")
             else:
-                _mailbox(one, query, answer, working_elsewhere)
+                _mailbox(one, query, answer, working_elsewhere, clock)
     if query.suggestions:
         response_message(sub(resp, m("SuggestionsResponse")), m("ResponseMessage"),
                          "ErrorMeetingSuggestionGenerationFailed",
