@@ -22,10 +22,14 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cert", type=Path, required=True, help="PEM certificate chain (the gateway's)")
     p.add_argument("--key", type=Path, required=True, help="its private key")
+    p.add_argument("--static", type=Path, help="also serve this file at GET /static (aiohttp's FileResponse)")
     args = p.parse_args()
     loop_kind = install_event_loop()  # the same choice `casgate serve` makes: uvloop when importable
     app = web.Application()
     app.router.add_get("/", ok)
+    if args.static:
+        static = args.static
+        app.router.add_get("/static", lambda _request: web.FileResponse(static))
     print(f"baseline: loop={loop_kind} listening on {args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, ssl_context=tls.server_context(args.cert, args.key),
                 backlog=1024, access_log=None, print=None, shutdown_timeout=1.0)

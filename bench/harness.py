@@ -160,7 +160,8 @@ def cpu_busy_seconds(cpu: int) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def run_wrk(url: str, opts: Options, seconds: int, close: bool = False, server_pid: int | None = None) -> dict:
+def run_wrk(url: str, opts: Options, seconds: int, close: bool = False, server_pid: int | None = None,
+            request_lua: str = "") -> dict:
     """One wrk run against ``url`` pinned to the client CPU; returns totals and requests per second.
 
     ``close`` sends ``Connection: close`` so every request pays a TCP connect and a full TLS
@@ -168,8 +169,15 @@ def run_wrk(url: str, opts: Options, seconds: int, close: bool = False, server_p
     CPU the server used (``rps_per_cpu``: requests per server CPU-second, which other load on the
     machine disturbs far less than requests per second) and how busy its CPU was with anything.
     """
+    script = WRK_SCRIPT
+    if request_lua:  # wrk takes one script: the request set-up goes in front of the report function
+        import tempfile
+        fd, name = tempfile.mkstemp(suffix=".lua", prefix="casgate-wrk-")
+        with os.fdopen(fd, "w") as f:
+            f.write(request_lua + "\n" + WRK_SCRIPT.read_text())
+        script = Path(name)
     cmd = ["wrk", "-t1", f"-c{opts.connections}", f"-d{seconds}s", "--timeout", "5s",
-           "-s", str(WRK_SCRIPT)]
+           "-s", str(script)]
     if close:
         cmd += ["-H", "Connection: close"]
     cmd.append(url)
@@ -187,6 +195,8 @@ def run_wrk(url: str, opts: Options, seconds: int, close: bool = False, server_p
         proc.wait()
         raise
     wall = time.monotonic() - t0
+    if request_lua:
+        os.unlink(script)
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1, total1 = cpu_busy_seconds(opts.server_cpu)
     cbusy1, ctotal1 = cpu_busy_seconds(opts.client_cpu)

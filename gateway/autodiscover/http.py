@@ -30,8 +30,12 @@ def _routes(app: web.Application, kind: str, handler) -> None:
     app.router.add_route("*", r"/{ad_path:(?i:" + _PATHS[kind] + ")}", handler)
 
 
+_VIEWS = web.AppKey("autodiscover_views", dict)
+
+
 def register(app: web.Application) -> None:
     """Mount POX (/autodiscover/autodiscover.xml), SOAP (.svc) and JSON (.json and .json/v1.0/<address>)."""
+    app[_VIEWS] = {}
     _routes(app, "xml", handle_pox)
     _routes(app, "svc", handle_soap)
     _routes(app, "json", handle_json)
@@ -58,8 +62,13 @@ async def _read_body(request: web.Request) -> bytes | None:
     return bytes(data)
 
 
-def _view(ctx, user: UserRecord) -> Published:
-    return published(ctx.config, ctx.directory.route(user, "smtp") or "")
+def _view(ctx, user: UserRecord, views: dict[str, Published]) -> Published:
+    # The config never changes while the app runs, so each SMTP routing's view is built once.
+    smtp = ctx.directory.route(user, "smtp") or ""
+    if smtp not in views:
+        views[smtp] = published(ctx.config, smtp)
+    return views[smtp]
+
 
 
 async def handle_pox(request: web.Request) -> web.StreamResponse:
@@ -80,7 +89,7 @@ async def handle_pox(request: web.Request) -> web.StreamResponse:
         log.info("autodiscover", extra={"event": "autodiscover", "kind": "pox", "user": user.address,
                                         "result": exc.code})
         return _xml(exc.status, pox.error_response(exc.code, exc.message, host))
-    view, mailbox = _view(ctx, user), mailbox_of(user)
+    view, mailbox = _view(ctx, user, request.app[_VIEWS]), mailbox_of(user)
     # Outlook may ask by legacy DN alone; only the caller's own DN names anyone here.
     address = req.email or (user.address if req.legacy_dn == mailbox.legacy_dn else "")
     own = ownership(ctx.config, ctx.directory, user, address)
@@ -124,7 +133,7 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         log.info("autodiscover", extra={"event": "autodiscover", "kind": "soap", "user": user.address,
                                         "result": fault.code})
         return _xml(fault.status, soap.fault_envelope(fault))
-    view = _view(ctx, user)
+    view = _view(ctx, user, request.app[_VIEWS])
     if req.operation == "GetUserSettings":
         outcomes = [] if req.error else _user_outcomes(ctx, user, req, view)
         body = soap.user_settings_response(req, outcomes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import datetime as dt
 import zlib
 from dataclasses import dataclass
@@ -181,6 +183,7 @@ def _web_protocol(account: etree._Element, view: Published) -> None:
         _add(nested, "ASUrl", view.ews_url)
 
 
+@functools.lru_cache(maxsize=4096)  # pure in immutable inputs: a repeated client's answer is built once
 def outlook_settings(mailbox: Mailbox, view: Published) -> bytes:
     """The outlook/responseschema/2006a answer: User, then EXCH, EXPR, WEB and the mail protocols."""
     root, response = _doc(RESPONSE_OUTLOOK)
@@ -210,6 +213,7 @@ def _mobile_doc(requested: str, culture: str, display_name: str = "") -> tuple[e
     return root, _add(response, "Action")
 
 
+@functools.lru_cache(maxsize=4096)
 def mobile_settings(mailbox: Mailbox, view: Published) -> bytes:
     """The mobilesync answer: one MobileSync server whose Url and Name are both the ActiveSync URL."""
     root, action = _mobile_doc(mailbox.address, view.culture, mailbox.display_name)
