@@ -41,6 +41,10 @@ def _positive(v: int | float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _non_negative(v: int | float) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
 def _one_of(*choices: str) -> typing.Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}"
@@ -153,6 +157,9 @@ class AvailabilityConfig:
                                 "error (the others are still answered).", check=_positive)
     cache_ttl: float = _opt(60.0, "Seconds a mailbox's free/busy is reused while its calendars' ctags are "
                                   "unchanged.", check=_positive)
+    revalidate_after: float = _opt(15.0, "A cached answer younger than this is served without asking the calendar "
+                                         "server whether it changed; older ones are revalidated by ctag.",
+                                   check=_non_negative)
     working_days: list[str] = _opt(lambda: ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"],
                                    "Default working days.", factory=True, check=_days)
     working_start: str = _opt("08:00", "Default start of the working day.", check=_hhmm)

@@ -47,4 +47,5 @@ async def open_context(config: Config, stack: AsyncExitStack) -> GatewayContext:
     await store.start()
     stack.push_async_callback(store.close)
     availability = AvailabilityService(config, directory, backends)
+    stack.push_async_callback(availability.close)
     return GatewayContext(config, directory, backends, auth, store, metrics, ssl_ctx, availability)

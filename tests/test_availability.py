@@ -71,7 +71,8 @@ def make_service(radicale, certs, hung_port):
         service = {"service_login": SERVICE_USER[0], "service_password": SERVICE_USER[1]}
         config = from_dict({
             "tls": {"ca_file": str(certs.ca_cert)},
-            "availability": {"timeout": 5.0, **availability},
+            # revalidate_after 0: every lookup asks for the ctags, as the cache tests count on.
+            "availability": {"timeout": 5.0, "revalidate_after": 0.0, **availability},
             "backends": {
                 "mail": {"type": "imap", "url": "imaps://127.0.0.1:1"},
                 "dav": {"type": "caldav", "url": radicale.url, "timeout": 5.0, **service},
@@ -302,3 +303,83 @@ async def test_service_account_reads_every_calendar_and_writes_none(radicale, ce
     alice, _ = await calendar_of(ALICE)
     with pytest.raises((PermissionDenied, NotFound)):
         await alice.calendars_at(radicale.url + "bob@example.test/")
+
+
+async def test_recently_checked_answers_skip_the_ctag_check(make_service, calendar_of, counted):
+    bob, bob_cal = await calendar_of(BOB)
+    await bob.put_event(bob_cal, vevent("r1", day(13, 9), 60, "Known"))
+    now = [1000.0]
+    service = make_service(clock=lambda: now[0], revalidate_after=15.0, cache_ttl=60.0)
+    me = requester(service)
+    await service.lookup(me, [BOB], day(13), day(14))
+    fetched = dict(counted)
+    assert fetched["calendars_at"] == 1 and fetched["events_between"] >= 1
+
+    await bob.put_event(bob_cal, vevent("r2", day(13, 14), 30, "Added meanwhile"))
+    now[0] += 14.9  # younger than revalidate_after: served as cached, the server is not asked at all
+    (young,) = await service.lookup(me, [BOB], day(13), day(14))
+    assert [e.start for e in young.events] == [day(13, 9)] and counted == fetched
+
+    now[0] += 0.2  # older: revalidated by ctag, which changed, so fetched again
+    (checked,) = await service.lookup(me, [BOB], day(13), day(14))
+    assert [e.start for e in checked.events] == [day(13, 9), day(13, 14)]
+    assert counted["calendars_at"] == 2 and counted["events_between"] == 2 * fetched["events_between"]
+
+    now[0] += 10  # fresh again from that fetch
+    await service.lookup(me, [BOB], day(13), day(14))
+    assert counted["calendars_at"] == 2
+    now[0] += 6  # a ctag check that finds nothing changed restarts the clock, without a query
+    await service.lookup(me, [BOB], day(13), day(14))
+    assert counted["calendars_at"] == 3 and counted["events_between"] == 2 * fetched["events_between"]
+    now[0] += 14
+    await service.lookup(me, [BOB], day(13), day(14))
+    assert counted["calendars_at"] == 3
+    await service.close()
+
+
+async def test_one_client_per_back_end_and_login_closed_with_the_service(make_service, calendar_of, monkeypatch):
+    from adapters.dav.common import DavConnection
+    bob, bob_cal = await calendar_of(BOB)
+    await bob.put_event(bob_cal, vevent("k1", day(14, 9), 60, "Kept"))
+    started, closed = [], []
+    start, close = DavConnection.start, DavConnection._close
+
+    async def counting_start(self, stack):
+        started.append(self)
+        await start(self, stack)
+
+    def counting_close(self):
+        closed.append(self)
+        close(self)
+    monkeypatch.setattr(DavConnection, "start", counting_start)
+    monkeypatch.setattr(DavConnection, "_close", counting_close)
+    service = make_service()
+    for n in range(3):
+        answers = await service.lookup(requester(service), [BOB, "carol@example.test", ALICE], day(14), day(15, n))
+        assert all(isinstance(a, MailboxAvailability) for a in answers)
+    assert len(started) == 1 and closed == []
+    await service.close()
+    assert closed == started
+    (late,) = await service.lookup(requester(service), [BOB], day(14), day(16))
+    assert isinstance(late, AvailabilityError) and late.kind == "unavailable"
+
+
+async def test_timeout_counts_from_when_a_mailbox_gets_a_dav_thread(make_service, calendar_of, monkeypatch):
+    import gateway.services.availability as availability
+    monkeypatch.setattr(availability, "DAV_THREADS", 1)  # every mailbox queues behind the one before
+    original = CalDavCalendarStore._calendars_at
+
+    def slow(self, home):
+        time.sleep(0.3)
+        return original(self, home)
+    monkeypatch.setattr(CalDavCalendarStore, "_calendars_at", slow)
+    bob, bob_cal = await calendar_of(BOB)
+    await bob.put_event(bob_cal, vevent("q1", day(15, 9), 60, "Queued"))
+    service = make_service(timeout=0.8)
+    t0 = time.monotonic()
+    answers = await service.lookup(requester(service), [ALICE, BOB, "carol@example.test", "ivan@example.test"],
+                                   day(15), day(16))
+    assert time.monotonic() - t0 >= 1.2  # longer than the timeout in all, yet nobody timed out
+    assert all(isinstance(a, MailboxAvailability) for a in answers)
+    assert [e.start for e in answers[1].events] == [day(15, 9)]
+    await service.close()

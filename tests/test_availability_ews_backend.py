@@ -164,6 +164,7 @@ service_login = "x"
 service_password = "y"
 [availability]
 time_zone = "Europe/Berlin"
+revalidate_after = 0.0  # gateway A checks its calendars' ctags on every request
 [availability.user_access]
 "bob@example.test" = "limited"
 "carol@example.test" = "none"

@@ -333,3 +333,19 @@ async def test_store_used_before_start_raises_backend_error(radicale, certs):
     store = CalDavCalendarStore(radicale.url, Credentials("alice@example.test", "x"), certs.ca_cert)
     with pytest.raises(BackendError):
         await store.list_calendars()
+
+
+async def test_time_range_query_returns_the_servers_text_unparsed(alice_cal, monkeypatch):
+    import adapters.dav.caldav_store as caldav_store
+    store, url = alice_cal
+    put = await store.put_event(url, SINGLE)
+
+    class NoParsing:
+        class Calendar:
+            @staticmethod
+            def from_ical(*args, **kwargs):
+                raise AssertionError("events_between parsed iCalendar")
+    monkeypatch.setattr(caldav_store, "icalendar", NoParsing)
+    found = await store.events_between(url, when(2025, 1, 10), when(2025, 1, 11))
+    assert [(o.href, o.etag) for o in found] == [(put.href, put.etag)]
+    assert "BEGIN:VCALENDAR" in found[0].ical and "SUMMARY:Dentist" in found[0].ical

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from concurrent.futures import Executor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import quote
 
 import icalendar
 import recurring_ical_events  # a dependency of caldav, which expands recurrences with it too
-from caldav.collection import Calendar, CalendarSet
+from caldav.collection import CalendarSet
 
 from adapters.errors import InvalidData
 from adapters.interfaces import CalendarInfo, CalendarObject, Credentials
 
-from .common import CALDAV, DavConnection, check, check_put
+from .common import CALDAV, DAV, DavConnection, check, check_put, parse_xml
 
 DEFAULT_CALENDAR = "Calendar"
 # A fixed path segment makes creating the default calendar idempotent: two
@@ -23,6 +24,14 @@ DEFAULT_CALENDAR = "Calendar"
 DEFAULT_CALENDAR_ID = "calendar"
 _OBJECT_TYPES = ("VEVENT", "VTODO", "VJOURNAL")
 _ICAL_HEADERS = {"Content-Type": "text/calendar; charset=utf-8"}
+_QUERY_HEADERS = {"Content-Type": "application/xml; charset=utf-8", "Depth": "1"}
+# RFC 4791 7.8.1: VEVENTs overlapping a time range, each resource whole (no expand), with its ETag.
+_EVENT_QUERY = ('<?xml version="1.0" encoding="utf-8"?>'
+                '<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
+                '<d:prop><d:getetag/><c:calendar-data/></d:prop>'
+                '<c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT">'
+                '<c:time-range start="{start}" end="{end}"/>'
+                '</c:comp-filter></c:comp-filter></c:filter></c:calendar-query>')
 
 
 def prepare_ical(ical: str, uid: str | None) -> tuple[str, str]:
@@ -82,8 +91,10 @@ class CalDavCalendarStore:
     """A user's calendars on a CalDAV server (Radicale or any other)."""
 
     def __init__(self, base_url: str, credentials: Credentials, ca_file: str | Path | None = None,
-                 timeout: float = 30.0) -> None:
-        self._conn = DavConnection(base_url, credentials, ca_file, timeout)
+                 timeout: float = 30.0, executor: Executor | None = None, pool_size: int = 0) -> None:
+        """``executor`` runs the blocking calls (None: asyncio's default); ``pool_size`` is how many
+        connections the client keeps for concurrent calls (0: the HTTP library's default of 10)."""
+        self._conn = DavConnection(base_url, credentials, ca_file, timeout, executor, pool_size)
         self._home: str | None = None
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -156,26 +167,45 @@ class CalDavCalendarStore:
         """Store (create or replace) one calendar object; ``uid`` overrides the data's UID."""
         return await self._conn.run("store event", self._put, calendar_url, ical, uid)
 
+    def _query(self, calendar_url: str, start: dt.datetime, end: dt.datetime) -> list[CalendarObject]:
+        # One calendar-query REPORT; the server filters by time range (RFC 4791 9.9), nothing is
+        # parsed or filtered again here: each object is the server's text, with its href and ETag.
+        stamp = "%Y%m%dT%H%M%SZ"
+        utc = dt.timezone.utc
+        body = _EVENT_QUERY.format(start=start.astimezone(utc).strftime(stamp), end=end.astimezone(utc).strftime(stamp))
+        url = self._conn.absolute(calendar_url)
+        response = self._conn.send("REPORT", url, body, _QUERY_HEADERS, "search events", ok=(207,))
+        root = parse_xml(response.content or b"", "search events")
+        objects = []
+        for resp in root.iter(f"{DAV}response"):
+            href = resp.findtext(f"{DAV}href")
+            if not href:
+                continue
+            data = etag = None
+            for propstat in resp.iter(f"{DAV}propstat"):
+                if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
+                    continue
+                data = propstat.findtext(f"{DAV}prop/{CALDAV}calendar-data") or data
+                etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
+            if data:  # the collection itself, or an object the server would not give
+                objects.append(CalendarObject(href=self._conn.absolute(href.strip()), etag=etag, ical=data))
+        return objects
+
     def _between(self, calendar_url: str, start: dt.datetime, end: dt.datetime,
                  expand: bool) -> list[CalendarObject]:
-        cal = Calendar(client=self._conn.client, url=self._conn.absolute(calendar_url))
-        # Unexpanded on the wire so each resource keeps its ETag; caldav's own
-        # expansion returns occurrences without one.
-        found = cal.search(event=True, start=start, end=end, expand=False)
-        objects = []
-        for item in found:
-            href = self._conn.absolute(str(item.url))
-            if not expand:
-                objects.append(CalendarObject(href=href, etag=item.etag, ical=item.data))
-                continue
-            objects.extend(CalendarObject(href=href, etag=item.etag, ical=one)
-                           for one in expand_instances(item.data, start, end))
-        return objects
+        # Unexpanded on the wire so each resource keeps its ETag; expanded here when asked.
+        found = self._query(calendar_url, start, end)
+        if not expand:
+            return found
+        return [CalendarObject(href=o.href, etag=o.etag, ical=one)
+                for o in found for one in expand_instances(o.ical, start, end)]
 
     async def events_between(self, calendar_url: str, start: dt.datetime, end: dt.datetime,
                              expand: bool = False) -> list[CalendarObject]:
         """Events overlapping [start, end); naive datetimes are UTC.
 
+        Without ``expand`` each object is the calendar resource as the server
+        stores it (its text is not parsed here), from one calendar-query REPORT.
         With ``expand`` each occurrence of a recurring event is its own object
         (href and ETag of the resource it came from), as RFC 4791 9.6.5 describes.
         """

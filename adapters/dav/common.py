@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +15,7 @@ from urllib.parse import urljoin
 from caldav.davclient import DAVClient
 from caldav.lib import error as dav_error
 from caldav.lib.http_sync import requests as http  # niquests, or requests where niquests is missing
+from lxml import etree
 
 from adapters.errors import (AuthenticationFailed, BackendError, BackendUnavailable, Conflict,
                              InvalidData, NotFound, PermissionDenied, QuotaExceeded)
@@ -116,6 +119,19 @@ def multistatus(response: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+# No entities, no network: a back end's answer is data. huge_tree lifts libxml2's cap on one text
+# node, which a big calendar object (attachments) can pass; without entities nothing can blow up.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+
+
+def parse_xml(body: bytes, what: str) -> Any:
+    """The root element of a back end's XML answer; InvalidData when it is not XML."""
+    try:
+        return etree.fromstring(body, parser=_PARSER)
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        raise InvalidData(f"{what}: back end answered malformed XML: {exc}") from None
+
+
 def href_of(prop: Any) -> str | None:
     """The first DAV:href inside a property such as calendar-home-set."""
     if prop is None:
@@ -128,11 +144,15 @@ class DavConnection:
     """A caldav DAVClient for one user, and the way every store calls it."""
 
     def __init__(self, base_url: str, credentials: Credentials, ca_file: str | Path | None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, executor: Executor | None = None, pool_size: int = 0) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.credentials = credentials
         self.ca_file = ca_file
         self.timeout = timeout
+        # Blocking calls run on ``executor`` (None: asyncio's default one); a client shared by
+        # that many threads keeps up to ``pool_size`` connections open (0: the HTTP library's 10).
+        self.executor = executor
+        self.pool_size = pool_size
         self._client: DAVClient | None = None
         self._principal_url: str | None = None
 
@@ -145,6 +165,10 @@ class DavConnection:
                 password=self.credentials.password, auth_type="basic", timeout=self.timeout,
                 ssl_verify_cert=str(self.ca_file) if self.ca_file else True,
                 enable_rfc6764=False)
+            if self.pool_size > 10:
+                adapter = type(self._client.session.get_adapter(self.base_url))
+                self._client.session.mount("https://", adapter(pool_connections=10, pool_maxsize=self.pool_size))
+                self._client.session.mount("http://", adapter(pool_connections=10, pool_maxsize=self.pool_size))
         except Exception as exc:
             raise translate(exc, "connect") from exc
         stack.callback(self._close)
@@ -167,13 +191,33 @@ class DavConnection:
     async def run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking caldav call in a thread; only adapter errors come out."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            if self.executor is None:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, functools.partial(fn, *args, **kwargs))
         except BackendError:
             raise
         except Exception as exc:
             err = translate(exc, what)
             log.debug("%s for %s failed: %s", what, self.credentials.username, err)
             raise err from exc
+
+    def send(self, method: str, url: str, body: str, headers: dict[str, str], what: str,
+             ok: tuple[int, ...]) -> Any:
+        """One request with the client's session, login and TLS settings, bypassing caldav's response
+        handling (which parses, and pretty-prints for its debug log, every answer); blocking.
+
+        Returns the HTTP library's response when its status is in ``ok``, else raises the matching error.
+        """
+        client = self.client
+        combined = dict(client.headers)
+        combined.update(headers)
+        response = client.session.request(method, self.absolute(url), data=body.encode("utf-8"),
+                                          headers=combined, auth=client.auth, timeout=client.timeout,
+                                          verify=client.ssl_verify_cert, cert=client.ssl_cert)
+        if response.status_code not in ok:
+            raise error_for_status(response.status_code, what)
+        return response
 
     def principal_url(self) -> str:
         """The user's principal URL (blocking; cached after the first lookup)."""

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +34,9 @@ ERROR_KINDS = frozenset({"not-found", "unavailable", "timeout", "no-calendar-bac
 # The server's time-range filter reads dates and floating times as UTC; a day
 # more on each side keeps events of far-off zones, events_to_busy trims exactly.
 _SLACK = dt.timedelta(days=1)
+#: Blocking DAV calls one CalDAV back end (one service login) runs at once, each on a thread of its
+#: own pool over the same keep-alive client; a mailbox's timeout starts when it gets one of them.
+DAV_THREADS = 16
 
 
 class AccessLevel(StrEnum):
@@ -71,7 +75,26 @@ class MailboxAvailability:
 class _Cached:
     tags: tuple[tuple[str, str], ...]
     events: list[BusyEvent]
-    stored: float
+    stored: float  # when fetched; cache_ttl counts from here
+    checked: float  # when its ctags were last found unchanged (or fetched); revalidate_after counts from here
+
+
+class _Dav:
+    """One CalDAV back end as read with one login: a started store, its threads, and their slots."""
+
+    def __init__(self, store: CalDavCalendarStore, executor: ThreadPoolExecutor) -> None:
+        self.store = store
+        self.executor = executor
+        self.slots = asyncio.Semaphore(DAV_THREADS)
+        self.store_started = False
+
+
+@dataclass
+class _Fetch:
+    """A running fetch; ``started`` resolves when it got a DAV slot (or ended without one)."""
+
+    task: asyncio.Task[list[BusyEvent]]
+    started: asyncio.Future[None]
 
 
 def _hide(ev: BusyEvent) -> BusyEvent:
@@ -85,6 +108,10 @@ class AvailabilityService:
     Without ``service_login`` on a CalDAV back end the service holds no
     credentials for its users: other users' mailboxes there answer
     "unavailable", and the requester's own only when ``credentials`` are given.
+
+    Each CalDAV back end is read through one client per service login, kept
+    (with its connections) until ``close()``, which whoever made the service
+    awaits when done with it.
     """
 
     def __init__(self, config: Config, directory: StaticDirectory, backends: Backends,
@@ -95,12 +122,23 @@ class AvailabilityService:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple, _Cached] = OrderedDict()
-        self._inflight: dict[tuple, asyncio.Task[list[BusyEvent]]] = {}
+        self._inflight: dict[tuple, _Fetch] = {}
+        self._dav: dict[tuple, _Dav] = {}
+        self._stack = AsyncExitStack()
+        self._closed = False
         av = config.availability
         self._working_hours = working_hours_from_config(av)
         self._floating_tz = ZoneInfo(av.time_zone)
         self._access = {address.lower(): AccessLevel(level) for address, level in av.user_access.items()}
         self._ews = EwsAvailability(config, backends, clock, cache_size)
+
+    async def close(self) -> None:
+        """Close the kept CalDAV clients and stop their threads (a DAV call still running finishes first)."""
+        self._closed = True
+        davs, self._dav = list(self._dav.values()), {}
+        await self._stack.aclose()
+        for dav in davs:
+            dav.executor.shutdown(wait=False, cancel_futures=True)
 
     def access_for(self, requester: UserRecord | None, owner: UserRecord) -> AccessLevel:
         """What ``requester`` (None: anonymous) may see of ``owner``'s calendar; owners see all (LIMITED)."""
@@ -136,14 +174,17 @@ class AvailabilityService:
                        end: dt.datetime, credentials: Credentials | None) -> MailboxAvailability | AvailabilityError:
         timeout = self._config.availability.timeout
         try:
-            return await asyncio.wait_for(self._one(requester, address, start, end, credentials), timeout)
+            # Counted from now, but a CalDAV mailbox stops its clock while it waits for a free DAV
+            # thread (behind the other mailboxes of a big request) and restarts it once it has one.
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + timeout) as timer:
+                return await self._one(requester, address, start, end, credentials, timer)
         except AvailabilityError as exc:
             return exc
         except TimeoutError:
             return AvailabilityError("timeout", f"{address}: the calendar did not answer within {timeout:g} s")
 
     async def _one(self, requester: UserRecord | None, address: str, start: dt.datetime, end: dt.datetime,
-                   credentials: Credentials | None) -> MailboxAvailability:
+                   credentials: Credentials | None, timer: asyncio.Timeout | None = None) -> MailboxAvailability:
         owner = self._directory.find(address)
         if owner is None:
             raise AvailabilityError("not-found", f"{address}: no such mailbox")
@@ -152,7 +193,8 @@ class AvailabilityService:
         if access is AccessLevel.NONE:
             return MailboxAvailability(owner.address, [], access, self._working_hours)
         if name := self._directory.route(owner, "caldav"):
-            events = await self._shared(owner, name, self._login(name, credentials if own else None), start, end)
+            events = await self._shared(owner, name, self._login(name, credentials if own else None), start, end,
+                                        timer)
         elif name := self._directory.route(owner, "ews"):
             found = await self._remote(owner, name, self._login(name, credentials if own else None), start, end)
             if found is None:
@@ -194,47 +236,81 @@ class AvailabilityService:
             raise AvailabilityError("unavailable", f"{owner.address}: the Exchange server is unavailable") from None
 
     async def _shared(self, owner: UserRecord, name: str, login: Credentials, start: dt.datetime,
-                      end: dt.datetime) -> list[BusyEvent]:
+                      end: dt.datetime, timer: asyncio.Timeout | None = None) -> list[BusyEvent]:
         """Join a running fetch of the same calendar and window, or start one."""
         key = (owner.address, start, end, login.username)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(owner, name, login, start, end))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._landed, key))
+        fetch = self._inflight.get(key)
+        if fetch is None:
+            loop = asyncio.get_running_loop()
+            started = loop.create_future()
+            task = loop.create_task(self._fetch(owner, name, login, start, end, started))
+            fetch = self._inflight[key] = _Fetch(task, started)
+            task.add_done_callback(functools.partial(self._landed, key, fetch))
+        if timer is not None and not fetch.started.done():
+            loop = asyncio.get_running_loop()
+            timer.reschedule(None)  # queued behind other mailboxes: not this calendar's slowness
+            await asyncio.shield(fetch.started)
+            timer.reschedule(loop.time() + self._config.availability.timeout)
         # A waiter that times out must not cancel the fetch others still wait for.
-        return await asyncio.shield(task)
+        return await asyncio.shield(fetch.task)
 
-    def _landed(self, key: tuple, task: asyncio.Task) -> None:
-        if self._inflight.get(key) is task:
+    def _landed(self, key: tuple, fetch: _Fetch, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is fetch:
             del self._inflight[key]
+        if not fetch.started.done():
+            fetch.started.set_result(None)
         if not task.cancelled():
             task.exception()  # retrieved here, so a fetch every waiter gave up on is not logged as lost
 
+    def _dav_for(self, name: str, login: Credentials) -> _Dav:
+        """The kept store of back end ``name`` for ``login``, started on first use."""
+        key = (name, login.username, login.password)
+        dav = self._dav.get(key)
+        if dav is None:
+            if self._closed:
+                raise AvailabilityError("unavailable", "the free/busy service is shutting down")
+            b = self._backends.get(name)
+            ca = b.ca_file or self._config.tls.ca_file
+            executor = ThreadPoolExecutor(DAV_THREADS, thread_name_prefix=f"freebusy-{name}")
+            # The blocking DAV call cannot be cancelled; its own timeout frees the thread soon after ours fires.
+            store = CalDavCalendarStore(b.url, login, self._config.path(ca) if ca else None,
+                                        min(b.timeout, self._config.availability.timeout), executor, DAV_THREADS)
+            dav = self._dav[key] = _Dav(store, executor)
+        return dav
+
     async def _fetch(self, owner: UserRecord, name: str, login: Credentials, start: dt.datetime,
-                     end: dt.datetime) -> list[BusyEvent]:
+                     end: dt.datetime, started: asyncio.Future[None] | None = None) -> list[BusyEvent]:
         b = self._backends.get(name)
         base = b.url if b.url.endswith("/") else b.url + "/"
         # Quoted (but for "@", as the template's docs show it) so no login can climb to another path.
         home = urljoin(base, b.home_template.format(login=quote(owner.login, safe="@"),
                                                     address=quote(owner.address, safe="@")))
-        ca = b.ca_file or self._config.tls.ca_file
-        # The blocking DAV call cannot be cancelled; its own timeout frees the thread soon after ours fires.
-        timeout = min(b.timeout, self._config.availability.timeout)
         key = (owner.address, start, end)
+        av = self._config.availability
+        if (recent := self._recent(key)) is not None:
+            return recent  # checked so recently that the calendar server is not asked again
         try:
-            async with AsyncExitStack() as stack:
-                store = CalDavCalendarStore(b.url, login, self._config.path(ca) if ca else None, timeout)
-                await store.start(stack)
-                try:
-                    calendars = await store.calendars_at(home)
-                except NotFound:
-                    calendars = []  # never used its calendar: nothing booked
-                tags = tuple(sorted((c.url, c.ctag or "") for c in calendars))
-                if (hit := self._cached(key, tags)) is not None:
-                    return hit
-                texts = [o.ical for c in calendars
-                         for o in await store.events_between(c.url, start - _SLACK, end + _SLACK)]
+            if b.service_login and login.username == b.service_login:
+                dav = self._dav_for(name, login)
+                async with dav.slots:
+                    if started is not None and not started.done():
+                        started.set_result(None)
+                    if not dav.store_started:
+                        await dav.store.start(self._stack)
+                        dav.store_started = True
+                    tags, found = await self._read(dav.store, home, key, start, end)
+            else:
+                # A user's own password (no service account): used for this fetch only, never kept.
+                if started is not None and not started.done():
+                    started.set_result(None)
+                ca = b.ca_file or self._config.tls.ca_file
+                async with AsyncExitStack() as stack:
+                    store = CalDavCalendarStore(b.url, login, self._config.path(ca) if ca else None,
+                                                min(b.timeout, av.timeout))
+                    await store.start(stack)
+                    tags, found = await self._read(store, home, key, start, end)
+            if isinstance(found, _Cached):
+                return found.events
         except (AuthenticationFailed, PermissionDenied) as exc:
             log.warning("back end %s refused %s reading %s's calendars: %s", name, login.username, owner.address, exc)
             raise AvailabilityError("unavailable", "the calendar server refused the free/busy account") from None
@@ -243,24 +319,51 @@ class AvailabilityService:
             raise AvailabilityError("unavailable", f"{owner.address}: the calendar server is unavailable") from None
         skipped: list[str] = []
         # Parsing and expanding is CPU work; a thread keeps the loop answering meanwhile.
-        events = await asyncio.to_thread(events_to_busy, texts, start, end, self._floating_tz, skipped=skipped)
+        events = await asyncio.to_thread(events_to_busy, found, start, end, self._floating_tz, skipped=skipped)
         if skipped:
             log.warning("%d calendar object(s) of %s skipped in free/busy", len(skipped), owner.address)
         self._store(key, tags, events)
         return events
 
-    def _cached(self, key: tuple, tags: tuple[tuple[str, str], ...]) -> list[BusyEvent] | None:
-        """The cached events for ``key`` if still fresh and no calendar changed (a missing ctag never matches)."""
+    async def _read(self, store: CalDavCalendarStore, home: str, key: tuple, start: dt.datetime,
+                    end: dt.datetime) -> tuple[tuple[tuple[str, str], ...], list[str] | _Cached]:
+        """The calendars' (url, ctag) pairs and their objects' texts, or the cache entry when it still holds."""
+        try:
+            calendars = await store.calendars_at(home)
+        except NotFound:
+            calendars = []  # never used its calendar: nothing booked
+        tags = tuple(sorted((c.url, c.ctag or "") for c in calendars))
+        if (hit := self._cached(key, tags)) is not None:
+            return tags, hit
+        return tags, [o.ical for c in calendars
+                      for o in await store.events_between(c.url, start - _SLACK, end + _SLACK)]
+
+    def _recent(self, key: tuple) -> list[BusyEvent] | None:
+        """The cached events for ``key`` if their ctags were checked less than revalidate_after ago."""
         hit = self._cache.get(key)
-        if hit is None or hit.tags != tags or any(not tag for _, tag in tags):
+        if hit is None or any(not tag for _, tag in hit.tags):
             return None
-        if self._clock() - hit.stored >= self._config.availability.cache_ttl:
+        av, now = self._config.availability, self._clock()
+        if now - hit.checked >= av.revalidate_after or now - hit.stored >= av.cache_ttl:
             return None
         self._cache.move_to_end(key)
         return hit.events
 
+    def _cached(self, key: tuple, tags: tuple[tuple[str, str], ...]) -> _Cached | None:
+        """The cached events for ``key`` if still fresh and no calendar changed (a missing ctag never matches)."""
+        hit = self._cache.get(key)
+        if hit is None or hit.tags != tags or any(not tag for _, tag in tags):
+            return None
+        now = self._clock()
+        if now - hit.stored >= self._config.availability.cache_ttl:
+            return None
+        hit.checked = now
+        self._cache.move_to_end(key)
+        return hit
+
     def _store(self, key: tuple, tags: tuple[tuple[str, str], ...], events: list[BusyEvent]) -> None:
-        self._cache[key] = _Cached(tags, events, self._clock())
+        now = self._clock()
+        self._cache[key] = _Cached(tags, events, now, now)
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)  # least recently used

@@ -102,13 +102,42 @@ def _text(ev: icalendar.cal.Component, name: str) -> str | None:
     return str(ev[name]) if name in ev else None
 
 
+def _occurrence(occ: icalendar.cal.Component, start: dt.datetime, end: dt.datetime, tz: dt.tzinfo,
+                recurring: bool, exception: bool) -> BusyEvent | None:
+    """``occ`` as a BusyEvent when it blocks time and overlaps [start, end), else None."""
+    busy = _busy_type(occ)
+    if busy is None:
+        return None
+    local_start = occ["DTSTART"].dt
+    s = to_utc(local_start, tz)
+    e = max(s, to_utc(_end_of(occ, local_start), tz))
+    # Half-open overlap; an instant event counts where it happens.
+    if not (s < end and (e > start or (s == e and s >= start))):
+        return None
+    return BusyEvent(
+        start=s, end=e, busy=busy, subject=_text(occ, "SUMMARY"), location=_text(occ, "LOCATION"),
+        private=str(occ.get("CLASS", "")).upper() in ("PRIVATE", "CONFIDENTIAL"),
+        recurring=recurring, exception=exception, meeting="ATTENDEE" in occ,
+        reminder=any(sub.name == "VALARM" for sub in occ.subcomponents), uid=str(occ.get("UID", "")))
+
+
 def _calendar_busy(text: str, start: dt.datetime, end: dt.datetime, tz: dt.tzinfo) -> list[BusyEvent]:
     cal = icalendar.Calendar.from_ical(text)
     if cal.name != "VCALENDAR":
         raise ValueError(f"expected VCALENDAR, got {cal.name}")
+    vevents = [c for c in cal.subcomponents if c.name == "VEVENT"]
+    if not any("RRULE" in c or "RDATE" in c or "RECURRENCE-ID" in c for c in vevents):
+        # Nothing recurs (most objects): each VEVENT is its own only occurrence, read as it stands.
+        found = []
+        for comp in vevents:
+            if "DTSTART" not in comp:
+                raise ValueError("VEVENT without DTSTART")  # as the expander refuses it
+            if (ev := _occurrence(comp, start, end, tz, recurring=False, exception=False)) is not None:
+                found.append(ev)
+        return found
     series: set[str] = set()  # UIDs whose master recurs
     overrides: set[tuple[str, dt.datetime]] = set()  # (UID, RECURRENCE-ID) of modified instances
-    for comp in cal.walk("VEVENT"):
+    for comp in vevents:
         uid = str(comp.get("UID", ""))
         if "RECURRENCE-ID" in comp:
             overrides.add((uid, to_utc(comp["RECURRENCE-ID"].dt, tz)))
@@ -118,25 +147,13 @@ def _calendar_busy(text: str, start: dt.datetime, end: dt.datetime, tz: dt.tzinf
     # The expander gives every occurrence a RECURRENCE-ID, even of single
     # events; only the overrides collected above are exceptions.
     for occ in recurring_ical_events.of(cal, components=["VEVENT"]).between(start - _SLACK, end + _SLACK):
-        busy = _busy_type(occ)
-        if busy is None:
-            continue
-        local_start = occ["DTSTART"].dt
-        s = to_utc(local_start, tz)
-        e = max(s, to_utc(_end_of(occ, local_start), tz))
-        # Half-open overlap; an instant event counts where it happens.
-        if not (s < end and (e > start or (s == e and s >= start))):
-            continue
         uid = str(occ.get("UID", ""))
         rid = occ.get("RECURRENCE-ID")
         exception = rid is not None and (uid, to_utc(rid.dt, tz)) in overrides
-        found.append(BusyEvent(
-            start=s, end=e, busy=busy, subject=_text(occ, "SUMMARY"), location=_text(occ, "LOCATION"),
-            private=str(occ.get("CLASS", "")).upper() in ("PRIVATE", "CONFIDENTIAL"),
-            # An override whose master we lack still belongs to a series.
-            recurring=uid in series or exception,
-            exception=exception, meeting="ATTENDEE" in occ,
-            reminder=any(sub.name == "VALARM" for sub in occ.subcomponents), uid=uid))
+        # An override whose master we lack still belongs to a series.
+        ev = _occurrence(occ, start, end, tz, recurring=uid in series or exception, exception=exception)
+        if ev is not None:
+            found.append(ev)
     return found
 
 
