@@ -206,6 +206,7 @@ class WallClock:
         self.tz = tz
         self._days: dict[int, dt.timedelta | None] = {}
         self._quarters: dict[int, dt.timedelta] = {}
+        self._walls: dict[dt.datetime, str] = {}  # meetings share start and end times across mailboxes
 
     def _offset_at(self, when: dt.datetime) -> dt.timedelta:
         return when.astimezone(self.tz).utcoffset() or dt.timedelta(0)
@@ -229,5 +230,8 @@ class WallClock:
 
     def wall(self, when: dt.datetime) -> str:
         """ISO 8601 wall time without offset, seconds precision, as Exchange writes these."""
-        local = when.astimezone(dt.timezone.utc) + self.offset(when)
-        return local.replace(tzinfo=None, microsecond=0).isoformat()
+        text = self._walls.get(when)
+        if text is None:
+            local = when.astimezone(dt.timezone.utc) + self.offset(when)
+            text = self._walls[when] = local.replace(tzinfo=None, microsecond=0).isoformat()
+        return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from xml.sax.saxutils import escape
 from typing import Any
 
 from lxml import etree
@@ -11,7 +12,7 @@ from adapters.interfaces import UserRecord
 
 from ...services.availability import AccessLevel, AvailabilityError, MailboxAvailability
 from ...services.freebusy import BusyEvent, BusyType, WorkingHours, merged_free_busy
-from ..soap import M_NS, T_NS, EwsRequest, m, response_message, sub, t, version_at_least
+from ..soap import M_NS, T_NS, EwsRequest, m, response_message, sub, t, version_at_least, xml_text
 from ..timezones import WallClock, rule_to_xml
 from ..zone_rules import rule_for_year
 from . import Operation
@@ -32,30 +33,41 @@ _ERRORS = {
 _WITHOUT_DETAILS = {"Detailed": "FreeBusy", "DetailedMerged": "FreeBusyMerged"}
 
 
-def _flag(parent: etree._Element, name: str, value: bool) -> None:
-    sub(parent, t(name), "true" if value else "false")
+_FLAGS = ("IsMeeting", "IsRecurring", "IsException", "IsReminderSet", "IsPrivate")
 
 
-def _event(parent: etree._Element, ev: BusyEvent, clock: WallClock, details: bool,
-           working_elsewhere: bool) -> None:
-    elem = sub(parent, t("CalendarEvent"))
+def _text(value: str) -> str:
+    return escape(xml_text(value))
+
+
+def _event_xml(ev: BusyEvent, clock: WallClock, details: bool, working_elsewhere: bool) -> str:
     # Times in the requester's zone without offset, as Exchange writes them.
-    sub(elem, t("StartTime"), clock.wall(ev.start))
-    sub(elem, t("EndTime"), clock.wall(ev.end))
     # Exchange 2010's schema has no WorkingElsewhere; older clients are told such time is free.
     busy = ev.busy if working_elsewhere or ev.busy is not BusyType.WORKING_ELSEWHERE else BusyType.FREE
-    sub(elem, t("BusyType"), _BUSY[busy])
+    parts = [f"<t:CalendarEvent><t:StartTime>{clock.wall(ev.start)}</t:StartTime>"
+             f"<t:EndTime>{clock.wall(ev.end)}</t:EndTime><t:BusyType>{_BUSY[busy]}</t:BusyType>"]
     if details and (ev.subject is not None or ev.location is not None or ev.private):
-        d = sub(elem, t("CalendarEventDetails"))
+        parts.append("<t:CalendarEventDetails>")
         if ev.subject is not None:
-            sub(d, t("Subject"), ev.subject)
+            parts.append(f"<t:Subject>{_text(ev.subject)}</t:Subject>")
         if ev.location is not None:
-            sub(d, t("Location"), ev.location)
-        _flag(d, "IsMeeting", ev.meeting)
-        _flag(d, "IsRecurring", ev.recurring)
-        _flag(d, "IsException", ev.exception)
-        _flag(d, "IsReminderSet", ev.reminder)
-        _flag(d, "IsPrivate", ev.private)
+            parts.append(f"<t:Location>{_text(ev.location)}</t:Location>")
+        for name, value in zip(_FLAGS, (ev.meeting, ev.recurring, ev.exception, ev.reminder, ev.private)):
+            parts.append(f"<t:{name}>{'true' if value else 'false'}</t:{name}>")
+        parts.append("</t:CalendarEventDetails>")
+    parts.append("</t:CalendarEvent>")
+    return "".join(parts)
+
+
+def _event_array(parent: etree._Element, events: list[BusyEvent], clock: WallClock, details: bool,
+                 working_elsewhere: bool) -> None:
+    """Append the CalendarEventArray, built as text and parsed once.
+
+    An answer can list tens of thousands of events; one parse of their text is
+    several times faster than creating each of their elements through lxml.
+    """
+    body = "".join(_event_xml(ev, clock, details, working_elsewhere) for ev in events)
+    parent.append(etree.fromstring(f'<t:CalendarEventArray xmlns:t="{T_NS}">{body}</t:CalendarEventArray>'))
 
 
 def _working_hours(parent: etree._Element, hours: WorkingHours, year: int) -> None:
@@ -82,9 +94,7 @@ def _mailbox(parent: etree._Element, query: AvailabilityQuery, answer: MailboxAv
     if view.endswith("Merged") or view == "MergedOnly":
         sub(fbv, t("MergedFreeBusy"), merged_free_busy(answer.events, query.start, query.end, query.interval))
     if view != "MergedOnly":
-        events = sub(fbv, t("CalendarEventArray"))
-        for ev in answer.events:
-            _event(events, ev, clock, view.startswith("Detailed"), working_elsewhere)
+        _event_array(fbv, answer.events, clock, view.startswith("Detailed"), working_elsewhere)
     _working_hours(fbv, answer.working_hours, query.start.astimezone(query.tz).year)
 
 
