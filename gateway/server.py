@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from xml.sax.saxutils import escape
 from typing import Any
 
