@@ -5,8 +5,6 @@ from __future__ import annotations
 import imaplib
 import poplib
 import ssl
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,8 +15,11 @@ from gateway.autodiscover.autoconfig import (AddressError, build_client_config, 
                                              offered_services, parse_address, served_domain)
 from gateway.autodiscover.published import MailService
 from gateway.config import from_dict
-from gateway.demo.procs import free_port, wait_for_port
+from gateway.demo.procs import free_port
 from gateway.xmlsafe import parse_untrusted
+
+import gatewayproc
+from gatewayproc import config_toml, stop_gateway, write_config
 
 # Thunderbird's reader (readFromXML) takes these types and socket types and skips anything else.
 INCOMING_TYPES = {"imap", "pop3", "exchange"}
@@ -27,31 +28,13 @@ SERVER_CHILDREN = ["hostname", "port", "socketType", "authentication", "username
 
 def start_gateway(root: Path, certs, dovecot, users: dict[str, str]):
     """A gateway for example.test (alias alias.test) publishing IMAP, POP3 and SMTP; bob submits elsewhere."""
-    root.mkdir(parents=True)
     https = free_port()
     ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
-    (root / "users.toml").write_text("".join(
+    users_text = "".join(
         f'[[user]]\naddress = "{a}"\nname = "{a.split("@")[0].title()} Example"\n'
-        + ('smtp = "submit2"\n' if a.startswith("bob@") else "") for a in users))
-    (root / "casgate.toml").write_text(f"""
-[server]
-https_port = {https}
-imap_port = {ports['imap']}
-imaps_port = {ports['imaps']}
-pop3_port = {ports['pop3']}
-pop3s_port = {ports['pop3s']}
-public_url = "https://mail.example.test:{https}"
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
+        + ('smtp = "submit2"\n' if a.startswith("bob@") else "") for a in users)
+    write_config(root, config_toml(certs, dovecot, https=https, **ports,
+                                   server_extra=f'public_url = "https://mail.example.test:{https}"', extra="""
 [backends.submit]
 type = "smtp"
 url = "smtp://smtp.example.test:587"
@@ -62,11 +45,8 @@ url = "smtps://smtp2.example.test:465"
 imap = "dovecot"
 smtp = "submit"
 aliases = ["alias.test"]
-""")
-    log = open(root / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(root / "casgate.toml")], stdout=log, stderr=log)
-    for port in (https, *ports.values()):
-        wait_for_port("127.0.0.1", port, 20, proc, "gateway", root / "gateway.log")
+"""), users_text)
+    proc = gatewayproc.start_gateway(root, [https, *ports.values()])
     return proc, https, ports
 
 
@@ -76,8 +56,7 @@ def gateway(workdir, certs, dovecot, users):
     try:
         yield f"https://127.0.0.1:{https}", https, ports
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 def fetch(url: str, ca: Path, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -13,8 +13,6 @@ import datetime as dt
 import json
 import random
 import socket
-import subprocess
-import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -24,7 +22,8 @@ import pytest
 
 from adapters.dav import CalDavCalendarStore
 from adapters.interfaces import Credentials
-from gateway.demo.procs import free_port, wait_for_port
+from gateway.demo.procs import free_port
+from gatewayproc import caldav_backend, config_toml, start_gateway, stop_gateway, users_toml, write_config
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 UTC = dt.timezone.utc
@@ -61,51 +60,21 @@ def gateway(workdir, certs, dovecot, radicale, users, service_user):
     asyncio.run(seed())
     ip = _loopback_with_free_ports(443, 80)
     root = Path(workdir) / f"ad-exchangelib-{free_port()}"
-    root.mkdir()
-    (root / "users.toml").write_text("".join(
-        f'[[user]]\naddress = "{a}"\nname = "{a.split("@")[0].title()} Example"\n' for a in users))
-    (root / "casgate.toml").write_text(f"""
-[server]
-listen = "{ip}"
-https_port = 443
-imap_port = 0
-imaps_port = 0
-pop3_port = 0
-pop3s_port = 0
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
+    write_config(root, config_toml(certs, dovecot, listen=ip, https=443, extra=f"""
 [autodiscover]
 http_port = 80
 public_host = "mail.example.test"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
-[backends.dav]
-type = "caldav"
-url = "{radicale.url}"
-service_login = "{service_user[0]}"
-service_password = "{service_user[1]}"
+{caldav_backend("dav", radicale.url, service_user)}
 [domains."example.test"]
 imap = "dovecot"
 caldav = "dav"
 aliases = ["example.org"]
-""")
-    log = open(root / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(root / "casgate.toml")],
-                            stdout=log, stderr=log)
+"""), users_toml(users))
+    proc = start_gateway(root, [443, 80], host=ip)
     try:
-        wait_for_port(ip, 443, 20, proc, "gateway", root / "gateway.log")
-        wait_for_port(ip, 80, 20, proc, "gateway", root / "gateway.log")
         yield {"ip": ip, "log": root / "gateway.log", "proc": proc}
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 class Names:

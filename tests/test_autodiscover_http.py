@@ -11,15 +11,14 @@ import http.client
 import json
 import re
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from gateway.autodiscover import pox, soap
-from gateway.demo.procs import free_port, wait_for_port
+from gateway.demo.procs import free_port
+from gatewayproc import config_toml, start_gateway, stop_gateway, users_toml, write_config
 
 ALICE = "alice@example.test"
 OUT = {"r": pox.RESPONSE, "o": pox.RESPONSE_OUTLOOK, "m": pox.RESPONSE_MOBILE, "a": soap.ANS}
@@ -28,32 +27,12 @@ OUT = {"r": pox.RESPONSE, "o": pox.RESPONSE_OUTLOOK, "m": pox.RESPONSE_MOBILE, "
 @pytest.fixture(scope="module")
 def gateway(workdir, certs, dovecot, users):
     root = Path(workdir) / f"autodiscover-{free_port()}"
-    root.mkdir()
     https, plain = free_port(), free_port()
-    (root / "users.toml").write_text("".join(
-        f'[[user]]\naddress = "{a}"\nname = "{a.split("@")[0].title()} Example"\n' for a in users))
-    (root / "casgate.toml").write_text(f"""
-[server]
-https_port = {https}
-imap_port = 0
-imaps_port = 1993
-pop3_port = 0
-pop3s_port = 0
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
+    write_config(root, config_toml(certs, dovecot, https=https, imaps=1993, extra=f"""
 [autodiscover]
 http_port = {plain}
 public_host = "mail.example.test"
 culture = "de:de"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
 [backends.relay]
 type = "smtp"
 url = "smtp://submit.example.test:587"
@@ -61,17 +40,12 @@ url = "smtp://submit.example.test:587"
 imap = "dovecot"
 smtp = "relay"
 aliases = ["example.org"]
-""")
-    log = open(root / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(root / "casgate.toml")],
-                            stdout=log, stderr=log)
+"""), users_toml(users))
+    proc = start_gateway(root, [https, plain])
     try:
-        wait_for_port("127.0.0.1", https, 20, proc, "gateway", root / "gateway.log")
-        wait_for_port("127.0.0.1", plain, 20, proc, "gateway", root / "gateway.log")
         yield {"https": https, "http": plain, "proc": proc, "ca": str(certs.ca_cert)}
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 def call(gw, method: str, path: str, body: bytes | None = None, login: tuple[str, str] | None = None,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import subprocess
-import sys
 import time
 import zoneinfo
 from contextlib import AsyncExitStack
@@ -24,7 +22,8 @@ from adapters.dav import CalDavCalendarStore
 from adapters.errors import AuthenticationFailed, BackendUnavailable, NotFound
 from adapters.ews import EwsFreeBusy, RemoteBusy
 from adapters.interfaces import Credentials
-from gateway.demo.procs import free_port, stop_process, wait_for_port
+from gateway.demo.procs import free_port, stop_process
+from gatewayproc import caldav_backend, config_toml, start_gateway, stop_gateway, write_config
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 UTC = dt.timezone.utc
@@ -106,48 +105,14 @@ def _seed(radicale, certs, users, owner: str, texts: list[str]) -> None:
 
 
 def _start(root: Path, config: str, users_toml: str, https: int):
-    root.mkdir()
-    (root / "users.toml").write_text(users_toml)
-    (root / "casgate.toml").write_text(config)
+    write_config(root, config, users_toml)
     # Gateway B must trust gateway A through its own configuration, not through the environment.
     env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
-    log = open(root / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(root / "casgate.toml")],
-                            stdout=log, stderr=log, env=env)
-    try:
-        wait_for_port("127.0.0.1", https, 20, proc, "gateway", root / "gateway.log")
-    except Exception:
-        stop_process(proc)
-        raise
-    return proc
+    return start_gateway(root, [https], env=env)
 
 
 def _config(https: int, certs, dovecot, radicale, service_user, extra: str) -> str:
-    return f"""
-[server]
-https_port = {https}
-imap_port = 0
-imaps_port = 0
-pop3_port = 0
-pop3s_port = 0
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
-[backends.dav]
-type = "caldav"
-url = "{radicale.url}"
-service_login = "{service_user[0]}"
-service_password = "{service_user[1]}"
-{extra}
-"""
+    return config_toml(certs, dovecot, https=https, extra=caldav_backend("dav", radicale.url, service_user) + extra)
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +122,7 @@ def gateway_a(workdir, certs, dovecot, radicale, users, service_user):
     _seed(radicale, certs, users, BOB, BOB_EVENTS)
     https = free_port()
     config = _config(https, certs, dovecot, radicale, service_user, f"""
-[backends.deadcal]
-type = "caldav"
-url = "https://127.0.0.1:{free_port()}/"
-service_login = "x"
-service_password = "y"
+{caldav_backend("deadcal", f"https://127.0.0.1:{free_port()}/", ("x", "y"))}
 [availability]
 time_zone = "Europe/Berlin"
 revalidate_after = 0.0  # gateway A checks its calendars' ctags on every request
@@ -177,7 +138,7 @@ caldav = "dav"
     root = Path(workdir) / f"ews-a-{https}"
     proc = _start(root, config, users_toml, https)
     yield f"https://127.0.0.1:{https}/EWS/Exchange.asmx", proc, root
-    stop_process(proc)
+    stop_gateway(proc)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +167,7 @@ imap = "dovecot"
                             for a in (BOB, "carol@example.test", "dave@example.test", "erin@example.test")))
     proc = _start(Path(workdir) / f"ews-b-{https}", config, users_toml, https)
     yield f"https://127.0.0.1:{https}/EWS/Exchange.asmx", proc
-    stop_process(proc)
+    stop_gateway(proc)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import subprocess
-import sys
 import zoneinfo
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,7 +18,8 @@ import pytest
 
 from adapters.dav import CalDavCalendarStore
 from adapters.interfaces import Credentials
-from gateway.demo.procs import free_port, wait_for_port
+from gateway.demo.procs import free_port
+from gatewayproc import caldav_backend, config_toml, start_gateway, stop_gateway, users_toml, write_config
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 UTC = dt.timezone.utc
@@ -111,57 +110,24 @@ def ews_gateway(workdir, certs, dovecot, radicale, users, service_user):
                 await store.put_event(calendar.url, text)
     asyncio.run(seed())
     root = Path(workdir) / f"ews-{free_port()}"
-    root.mkdir()
     https = free_port()
-    (root / "users.toml").write_text("".join(
-        f'[[user]]\naddress = "{a}"\nname = "{a.split("@")[0].title()} Example"\n' for a in users)
-        + '[[user]]\naddress = "dave@example.test"\ncaldav = "deadcal"\n')
-    (root / "casgate.toml").write_text(f"""
-[server]
-https_port = {https}
-imap_port = 0
-imaps_port = 0
-pop3_port = 0
-pop3s_port = 0
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
+    write_config(root, config_toml(certs, dovecot, https=https, extra=f"""
 [availability]
 time_zone = "Europe/Berlin"
 [availability.user_access]
 "bob@example.test" = "limited"
 "carol@example.test" = "none"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
-[backends.dav]
-type = "caldav"
-url = "{radicale.url}"
-service_login = "{service_user[0]}"
-service_password = "{service_user[1]}"
-[backends.deadcal]
-type = "caldav"
-url = "https://127.0.0.1:{free_port()}/"
-service_login = "x"
-service_password = "y"
+{caldav_backend("dav", radicale.url, service_user)}
+{caldav_backend("deadcal", f"https://127.0.0.1:{free_port()}/", ("x", "y"))}
 [domains."example.test"]
 imap = "dovecot"
 caldav = "dav"
-""")
-    log = open(root / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(root / "casgate.toml")],
-                            stdout=log, stderr=log)
+"""), users_toml(users, '[[user]]\naddress = "dave@example.test"\ncaldav = "deadcal"\n'))
+    proc = start_gateway(root, [https])
     try:
-        wait_for_port("127.0.0.1", https, 20, proc, "gateway", root / "gateway.log")
         yield f"https://127.0.0.1:{https}/EWS/Exchange.asmx", proc, root
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 @pytest.fixture(scope="module")

@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import imaplib
 import json
 import poplib
 import socket
 import ssl
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gateway.demo.procs import free_port, wait_for_port
+from gateway.demo.procs import free_port
+from gatewayproc import config_toml, start_gateway, stop_gateway, users_toml, write_config
 
 
 def write_gateway_config(root: Path, certs, dovecot, extra_backends: str = "", **ports) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
     p = {name: ports.get(name, free_port()) for name in ("https", "imap", "imaps", "pop3", "pop3s")}
-    (root / "users.toml").write_text('[[user]]\naddress = "alice@example.test"\nname = "Alice Example"\n'
-                                     '[[user]]\naddress = "bob@example.test"\n')
-    (root / "casgate.toml").write_text(f"""
-[server]
-https_port = {p['https']}
-imap_port = {p['imap']}
-imaps_port = {p['imaps']}
-pop3_port = {p['pop3']}
-pop3s_port = {p['pop3s']}
-[tls]
-cert = "{certs.cert}"
-key = "{certs.key}"
-ca_file = "{certs.ca_cert}"
-[state]
-path = "state.db"
-[directory]
-users_file = "users.toml"
-[backends.dovecot]
-type = "imap"
-url = "imaps://127.0.0.1:{dovecot.imaps_port}"
-{extra_backends}
-[domains."example.test"]
-imap = "dovecot"
-""")
-    return root / "casgate.toml"
+    config = config_toml(certs, dovecot, **p, extra=f'{extra_backends}\n[domains."example.test"]\nimap = "dovecot"\n')
+    return write_config(root, config, users_toml(["alice@example.test"], '[[user]]\naddress = "bob@example.test"\n'))
 
 
 def ports_of(config: Path) -> dict[str, int]:
@@ -58,16 +32,12 @@ def ports_of(config: Path) -> dict[str, int]:
 def gateway_proc(tmp_path_factory, workdir, certs, dovecot):
     root = Path(workdir) / f"gw-{free_port()}"
     cfg = write_gateway_config(root, certs, dovecot)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ports = ports_of(cfg)
+    proc = start_gateway(root, ports.values())
     try:
-        for port in ports.values():  # the listeners open one after another
-            wait_for_port("127.0.0.1", port, 20, proc, "gateway")
         yield proc, ports, cfg
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 def _get(url: str, ca: Path) -> tuple[int, bytes]:
@@ -136,18 +106,15 @@ def test_health_turns_degraded_when_a_back_end_is_down(workdir, certs, dovecot):
     dead = free_port()
     cfg = write_gateway_config(Path(workdir) / f"gw-dead-{dead}", certs, dovecot,
                                extra_backends=f'[backends.gone]\ntype = "caldav"\nurl = "https://127.0.0.1:{dead}/"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = ports_of(cfg)
+    proc = start_gateway(cfg.parent, [ports["https"]])
     try:
-        ports = ports_of(cfg)
-        wait_for_port("127.0.0.1", ports["https"], 20, proc, "gateway")
         status, body = _get(f"https://127.0.0.1:{ports['https']}/healthz", certs.ca_cert)
         data = json.loads(body)
         assert status == 503 and data["status"] == "degraded"
         assert data["backends"]["gone"]["ok"] is False and data["backends"]["dovecot"]["ok"] is True
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_gateway(proc)
 
 
 def test_sigterm_stops_cleanly(gateway_proc):
