@@ -383,3 +383,25 @@ async def test_timeout_counts_from_when_a_mailbox_gets_a_dav_thread(make_service
     assert all(isinstance(a, MailboxAvailability) for a in answers)
     assert [e.start for e in answers[1].events] == [day(15, 9)]
     await service.close()
+
+
+async def test_hidden_copies_are_made_once_per_cached_calendar_and_level(make_service, calendar_of, monkeypatch):
+    import gateway.services.availability as availability_module
+    bob, bob_cal = await calendar_of(BOB)
+    await bob.put_event(bob_cal, vevent("h1", day(40, 9), 60, "Bob visible"))
+    await bob.put_event(bob_cal, vevent("h2", day(40, 11), 60, "Bob hidden", "CLASS:PRIVATE"))
+    service = make_service()
+    hidden = []
+    real_hide = availability_module._hide
+    monkeypatch.setattr(availability_module, "_hide", lambda ev: hidden.append(ev.uid) or real_hide(ev))
+    # Carol sees bob at the default level, availability: no details at all.
+    as_carol = requester(service, "carol@example.test")
+    (first,) = await service.lookup(as_carol, [BOB], day(40), day(41))
+    assert [e.subject for e in first.events] == [None, None] and len(hidden) == 2
+    (again,) = await service.lookup(as_carol, [BOB], day(40), day(41))
+    assert again.events == first.events and len(hidden) == 2  # served from the filtered copy
+    again.events.clear()  # a caller changing its answer must not change the next one
+    (third,) = await service.lookup(as_carol, [BOB], day(40), day(41))
+    assert len(third.events) == 2
+    (own,) = await service.lookup(requester(service, BOB), [BOB], day(40), day(41))
+    assert [e.subject for e in own.events] == ["Bob visible", "Bob hidden"]

@@ -121,6 +121,7 @@ class AvailabilityService:
         self._backends = backends
         self._clock = clock
         self._cache_size = cache_size
+        self._filtered_copies: dict[tuple[int, AccessLevel], tuple[list[BusyEvent], list[BusyEvent]]] = {}
         self._cache: OrderedDict[tuple, _Cached] = OrderedDict()
         self._inflight: dict[tuple, _Fetch] = {}
         self._dav: dict[tuple, _Dav] = {}
@@ -203,8 +204,24 @@ class AvailabilityService:
         else:
             raise AvailabilityError("no-calendar-backend", f"{owner.address} has no calendar")
         if not own:
-            events = [ev if access is AccessLevel.LIMITED and not ev.private else _hide(ev) for ev in events]
+            events = self._filtered(events, access)
         return MailboxAvailability(owner.address, list(events), access, self._working_hours)
+
+    def _filtered(self, events: list[BusyEvent], access: AccessLevel) -> list[BusyEvent]:
+        """``events`` as ``access`` lets others see them; one filtered copy per cached list and level.
+
+        A scheduling assistant asks for the same cached calendars again and again:
+        hiding details anew each time would rebuild thousands of events per request.
+        """
+        key = (id(events), access)
+        hit = self._filtered_copies.get(key)
+        if hit is not None and hit[0] is events:
+            return hit[1]
+        shown = [ev if access is AccessLevel.LIMITED and not ev.private else _hide(ev) for ev in events]
+        if len(self._filtered_copies) >= 4 * self._cache_size:
+            self._filtered_copies.clear()  # entries of lists no longer cached are dropped wholesale
+        self._filtered_copies[key] = (events, shown)
+        return shown
 
     def _login(self, name: str, own_credentials: Credentials | None) -> Credentials:
         b = self._backends.get(name)
