@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,11 +25,12 @@ USERS = {
 
 
 @pytest.fixture(scope="session")
-def workdir() -> Path:
-    """A folder every back-end user may enter (pytest's own tmp folders are 0700 root)."""
+def workdir():
+    """A folder every back-end user may enter (pytest's own tmp folders are 0700 root); removed at the end."""
     d = Path(tempfile.mkdtemp(prefix="casgate-test-", dir="/var/tmp"))
     os.chmod(d, 0o755)
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import imaplib
 import json
 import os
 import random
+import shutil
 import signal
 import smtplib
 import socket
@@ -67,6 +68,7 @@ def demo():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def _ctx(data) -> ssl.SSLContext:
@@ -241,3 +243,4 @@ def test_back_ends_do_not_outlive_a_killed_demo():
             time.sleep(0.1)
         else:
             raise AssertionError(f"a back end still listens on {port} after the demo was killed")
+    shutil.rmtree(state, ignore_errors=True)
