@@ -63,10 +63,12 @@ class MailboxAvailability:
     """One mailbox's answer: its occurrences in the window, as much detail as the requester may see.
 
     The requester's own mailbox reports LIMITED with every detail, private ones included.
+    ``events`` is immutable and, while a calendar stays cached, the same object on every
+    answer at one access level, so front ends may memoise what they render from it.
     """
 
     address: str
-    events: list[BusyEvent]
+    events: tuple[BusyEvent, ...]
     access: AccessLevel
     working_hours: WorkingHours
 
@@ -74,7 +76,7 @@ class MailboxAvailability:
 @dataclass
 class _Cached:
     tags: tuple[tuple[str, str], ...]
-    events: list[BusyEvent]
+    events: tuple[BusyEvent, ...]
     stored: float  # when fetched; cache_ttl counts from here
     checked: float  # when its ctags were last found unchanged (or fetched); revalidate_after counts from here
 
@@ -121,7 +123,7 @@ class AvailabilityService:
         self._backends = backends
         self._clock = clock
         self._cache_size = cache_size
-        self._filtered_copies: dict[tuple[int, AccessLevel], tuple[list[BusyEvent], list[BusyEvent]]] = {}
+        self._filtered_copies: dict[tuple[int, AccessLevel], tuple[Sequence[BusyEvent], tuple[BusyEvent, ...]]] = {}
         self._cache: OrderedDict[tuple, _Cached] = OrderedDict()
         self._inflight: dict[tuple, _Fetch] = {}
         self._dav: dict[tuple, _Dav] = {}
@@ -192,22 +194,22 @@ class AvailabilityService:
         own = requester is not None and requester.address.lower() == owner.address.lower()
         access = self.access_for(requester, owner)
         if access is AccessLevel.NONE:
-            return MailboxAvailability(owner.address, [], access, self._working_hours)
+            return MailboxAvailability(owner.address, (), access, self._working_hours)
         if name := self._directory.route(owner, "caldav"):
             events = await self._shared(owner, name, self._login(name, credentials if own else None), start, end,
                                         timer)
         elif name := self._directory.route(owner, "ews"):
             found = await self._remote(owner, name, self._login(name, credentials if own else None), start, end)
             if found is None:
-                return MailboxAvailability(owner.address, [], AccessLevel.NONE, self._working_hours)
+                return MailboxAvailability(owner.address, (), AccessLevel.NONE, self._working_hours)
             events = found
         else:
             raise AvailabilityError("no-calendar-backend", f"{owner.address} has no calendar")
         if not own:
             events = self._filtered(events, access)
-        return MailboxAvailability(owner.address, list(events), access, self._working_hours)
+        return MailboxAvailability(owner.address, tuple(events), access, self._working_hours)
 
-    def _filtered(self, events: list[BusyEvent], access: AccessLevel) -> list[BusyEvent]:
+    def _filtered(self, events: Sequence[BusyEvent], access: AccessLevel) -> tuple[BusyEvent, ...]:
         """``events`` as ``access`` lets others see them; one filtered copy per cached list and level.
 
         A scheduling assistant asks for the same cached calendars again and again:
@@ -217,7 +219,7 @@ class AvailabilityService:
         hit = self._filtered_copies.get(key)
         if hit is not None and hit[0] is events:
             return hit[1]
-        shown = [ev if access is AccessLevel.LIMITED and not ev.private else _hide(ev) for ev in events]
+        shown = tuple(ev if access is AccessLevel.LIMITED and not ev.private else _hide(ev) for ev in events)
         if len(self._filtered_copies) >= 4 * self._cache_size:
             self._filtered_copies.clear()  # entries of lists no longer cached are dropped wholesale
         self._filtered_copies[key] = (events, shown)
@@ -336,11 +338,12 @@ class AvailabilityService:
             raise AvailabilityError("unavailable", f"{owner.address}: the calendar server is unavailable") from None
         skipped: list[str] = []
         # Parsing and expanding is CPU work; a thread keeps the loop answering meanwhile.
-        events = await asyncio.to_thread(events_to_busy, found, start, end, self._floating_tz, skipped=skipped)
+        events = tuple(await asyncio.to_thread(events_to_busy, found, start, end, self._floating_tz,
+                                               skipped=skipped))
         if skipped:
             log.warning("%d calendar object(s) of %s skipped in free/busy", len(skipped), owner.address)
         self._store(key, tags, events)
-        return events
+        return events  # the very tuple the cache holds, so answers from it keep one identity
 
     async def _read(self, store: CalDavCalendarStore, home: str, key: tuple, start: dt.datetime,
                     end: dt.datetime) -> tuple[tuple[tuple[str, str], ...], list[str] | _Cached]:
@@ -378,7 +381,7 @@ class AvailabilityService:
         self._cache.move_to_end(key)
         return hit
 
-    def _store(self, key: tuple, tags: tuple[tuple[str, str], ...], events: list[BusyEvent]) -> None:
+    def _store(self, key: tuple, tags: tuple[tuple[str, str], ...], events: tuple[BusyEvent, ...]) -> None:
         now = self._clock()
         self._cache[key] = _Cached(tags, events, now, now)
         self._cache.move_to_end(key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from xml.sax.saxutils import escape
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lxml import etree
@@ -58,14 +60,38 @@ def _event_xml(ev: BusyEvent, clock: WallClock, details: bool, working_elsewhere
     return "".join(parts)
 
 
-def _event_array(parent: etree._Element, events: list[BusyEvent], clock: WallClock, details: bool,
+# Text rendered from recent answers. The availability service hands out one immutable tuple of
+# events per cached calendar and access level, so a scheduling assistant asking again for the
+# same people renders nothing anew; the tuple is kept with its text, so an id is never mistaken.
+_RENDERED: OrderedDict[tuple, tuple[Sequence[BusyEvent], str]] = OrderedDict()
+_RENDERED_MAX = 1024
+
+
+def _memo(events: Sequence[BusyEvent], key: tuple, build: Callable[[], str]) -> str:
+    if not isinstance(events, tuple):
+        return build()
+    full = (id(events), *key)
+    hit = _RENDERED.get(full)
+    if hit is not None and hit[0] is events:
+        _RENDERED.move_to_end(full)
+        return hit[1]
+    text = build()
+    _RENDERED[full] = (events, text)
+    if len(_RENDERED) > _RENDERED_MAX:
+        _RENDERED.popitem(last=False)
+    return text
+
+
+def _event_array(parent: etree._Element, events: Sequence[BusyEvent], clock: WallClock, details: bool,
                  working_elsewhere: bool) -> None:
     """Append the CalendarEventArray, built as text and parsed once.
 
     An answer can list tens of thousands of events; one parse of their text is
     several times faster than creating each of their elements through lxml.
     """
-    body = "".join(_event_xml(ev, clock, details, working_elsewhere) for ev in events)
+    zone = getattr(clock.tz, "rule", clock.tz)  # the zone's rules, not the object made for this request
+    body = _memo(events, ("events", zone, details, working_elsewhere), lambda: "".join(
+        _event_xml(ev, clock, details, working_elsewhere) for ev in events))
     parent.append(etree.fromstring(f'<t:CalendarEventArray xmlns:t="{T_NS}">{body}</t:CalendarEventArray>'))
 
 
@@ -91,7 +117,9 @@ def _mailbox(parent: etree._Element, query: AvailabilityQuery, answer: MailboxAv
     fbv = sub(parent, m("FreeBusyView"))
     sub(fbv, t("FreeBusyViewType"), view)
     if view.endswith("Merged") or view == "MergedOnly":
-        sub(fbv, t("MergedFreeBusy"), merged_free_busy(answer.events, query.start, query.end, query.interval))
+        merged = _memo(answer.events, ("merged", query.start, query.end, query.interval),
+                       lambda: merged_free_busy(answer.events, query.start, query.end, query.interval))
+        sub(fbv, t("MergedFreeBusy"), merged)
     if view != "MergedOnly":
         _event_array(fbv, answer.events, clock, view.startswith("Detailed"), working_elsewhere)
     _working_hours(fbv, answer.working_hours, query.start.astimezone(query.tz).year)
