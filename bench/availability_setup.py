@@ -16,7 +16,7 @@ from gateway.demo.radicale import Radicale
 
 from . import radicale_seed
 from .calendar_data import address
-from .gateway_env import DOMAIN, HOST, GatewayEnv, casgate_command
+from .gateway_env import DOMAIN, HOST, GatewayEnv, casgate_command, config_text
 from .harness import ROOT, BenchError, Options, Progress, _die_with_parent, log_tail, pinned, spawn, wait_http_ok
 
 REQUESTER = f"bench@{DOMAIN}"  # the gateway_env user: Dovecot knows it, so the gateway lets it log in
@@ -55,49 +55,13 @@ class AvailabilityEnv:
 def gateway_config(https_port: int, env: GatewayEnv, radicale: Radicale) -> str:
     """casgate.toml: HTTPS only, the bench Dovecot for logins, Radicale as CalDAV back end (service account)."""
     login, password = radicale.service_user
-    return f"""# Written by bench/availability_setup.py for one benchmark run.
-[server]
-listen = "{HOST}"
-https_port = {https_port}
-imaps_port = 0
-imap_port = 0
-pop3s_port = 0
-pop3_port = 0
-shutdown_grace = 1.0
-
-[tls]
-cert = "{env.certs.cert}"
-key = "{env.certs.key}"
-ca_file = "{env.certs.ca_cert}"
-
-[state]
-backend = "sqlite"
-path = "state.db"
-
-[directory]
-users_file = "users.toml"
-
-[log]
-level = "info"
-format = "json"
-
-[availability]
-timeout = {AVAILABILITY_TIMEOUT:g}
-
-[backends.dovecot]
-type = "imap"
-url = "imaps://{HOST}:{env.dovecot.imaps_port}"
-
-[backends.radicale]
-type = "caldav"
-url = "{radicale.url}"
-service_login = "{login}"
-service_password = "{password}"
-
-[domains."{DOMAIN}"]
-imap = "dovecot"
-caldav = "radicale"
-"""
+    ports = {"https": https_port, "imaps": 0, "imap": 0, "pop3s": 0, "pop3": 0}
+    return config_text(
+        ports, env.certs, env.dovecot.imaps_port,
+        tables=f"\n[availability]\ntimeout = {AVAILABILITY_TIMEOUT:g}\n",
+        backends=f'\n[backends.radicale]\ntype = "caldav"\nurl = "{radicale.url}"\n'
+                 f'service_login = "{login}"\nservice_password = "{password}"\n',
+        routes='caldav = "radicale"\n')
 
 
 def users_toml(users: int) -> str:

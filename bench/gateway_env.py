@@ -28,9 +28,14 @@ def casgate_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
 
 
-def config_text(ports: dict[str, int], certs: tls.CertPaths, dovecot_imaps_port: int) -> str:
-    """casgate.toml for the benchmark: one IMAP back end, production defaults otherwise."""
-    return f"""# Written by bench/gateway_env.py for one benchmark run.
+def config_text(ports: dict[str, int], certs: tls.CertPaths, dovecot_imaps_port: int, *, tables: str = "",
+                backends: str = "", routes: str = "") -> str:
+    """casgate.toml for a benchmark: the bench Dovecot as IMAP back end, production defaults otherwise.
+
+    ``tables`` (e.g. [availability]) and ``backends`` ([backends.*]) are inserted as they are;
+    ``routes`` adds lines to the domain's table (e.g. ``caldav = "radicale"``).
+    """
+    return f"""# Written by bench/ for one benchmark run.
 [server]
 listen = "{HOST}"
 https_port = {ports['https']}
@@ -55,14 +60,14 @@ users_file = "users.toml"
 [log]
 level = "info"
 format = "json"
-
+{tables}
 [backends.dovecot]
 type = "imap"
 url = "imaps://{HOST}:{dovecot_imaps_port}"
-
+{backends}
 [domains."{DOMAIN}"]
 imap = "dovecot"
-"""
+{routes}"""
 
 
 @dataclass
