@@ -5,19 +5,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 log = logging.getLogger("casgate.session")
 
 
 @dataclass(frozen=True, slots=True)
+class LoginRequest:
+    """Credentials a client presented; the shell checks them and answers through the core.
+
+    ``tag`` is the IMAP command tag (empty for POP3); ``repr`` never shows the password.
+    """
+
+    tag: bytes
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """Bytes to send, and what the shell must do after sending them."""
+    """Bytes to send, and what the shell must do after sending them.
+
+    A reply carrying ``login`` asks the shell to check those credentials; the
+    core stops reading there and keeps what follows (``take_pending``), so that
+    commands a client pipelined behind its login go to whoever serves the
+    authenticated session.
+    """
 
     data: bytes
     close: bool = False
     starttls: bool = False
+    login: LoginRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrontLimits:
+    """Per-connection limits of a line-based front end before authentication."""
+
+    max_line: int = 8192          # octets in one command line (IMAP: not counting literals)
+    max_literal: int = 8192       # octets in one literal before login (IMAP LOGIN / AUTHENTICATE data)
+    max_commands: int = 50        # commands accepted before a successful login
+    max_auth_attempts: int = 3    # failed logins on one connection before it is closed
 
 
 def split_commands(buf: bytes, data: bytes, handle: Callable[[bytes], Reply], max_line: int,
@@ -36,17 +65,32 @@ def split_commands(buf: bytes, data: bytes, handle: Callable[[bytes], Reply], ma
         out.append(reply)
         if reply.close or reply.starttls:
             return b"", out, reply.close
+        if reply.login is not None:
+            return buf, out, False  # the rest waits for the login's outcome
     if len(buf) > max_line:
         return b"", out + [too_long], True
     return buf, out, False
 
 
 class LineCore(Protocol):
-    """What a protocol core offers its shell; it never touches a socket."""
+    """What a pre-login protocol core offers its shell; it never touches a socket.
+
+    ``receive`` returns replies for every complete command and stops after one
+    that closes, starts TLS or carries a login. After a login reply the shell
+    checks the credentials, then calls ``login_failed`` (whose reply it sends)
+    or, on success, ``take_pending`` for the bytes the client sent after its
+    login command. ``login_failed`` reasons: "auth" (wrong user or password;
+    also used while throttled), "unavailable" (back end down or unreachable),
+    "in-use" (POP3 maildrop locked by another session). While a login is being
+    checked the core only buffers what arrives; after ``login_failed`` the
+    shell calls ``receive(b"")`` to act on commands buffered meanwhile.
+    """
 
     def greeting(self) -> bytes: ...
     def receive(self, data: bytes) -> list[Reply]: ...
     def tls_started(self) -> None: ...
+    def login_failed(self, request: LoginRequest, reason: str) -> Reply: ...
+    def take_pending(self) -> bytes: ...
 
 
 class LineShell:
