@@ -49,15 +49,18 @@ def _ratio(v: float | None) -> str:
 def table_rows(result: dict) -> list[list[str]]:
     """Header and one row per metric; the per-CPU-second ratio column appears when the result has it."""
     per_cpu = all("cpu_ratio" in r for r in result["rows"])
+    peer = result.get("peer_label")  # a competitor measured in the same run, shown beside us
     head = ["metric", "casgate", result.get("baseline_label", "baseline"), "ratio"]
     head += [CPU_RATIO] if per_cpu else []
+    head += [peer, f"{peer} ratio"] if peer else []
     return [head] + [[r["metric"], _num(r["casgate"]), _num(r["baseline"]), _ratio(r["ratio"])]
-                     + ([_ratio(r["cpu_ratio"])] if per_cpu else []) for r in result["rows"]]
+                     + ([_ratio(r["cpu_ratio"])] if per_cpu else [])
+                     + ([_num(r.get("peer")), _ratio(r.get("peer_ratio"))] if peer else []) for r in result["rows"]]
 
 
 def notes(result: dict) -> list[str]:
     """Warnings a reader needs next to the table: rows whose rate the load generator, not the server, set."""
-    out = []
+    out = list(result.get("extra_notes", []))
     for r in result["rows"]:
         why = []
         for who, busy in (r.get("server_cpu_busy_share") or {}).items():

@@ -20,7 +20,7 @@ from bench.harness import BenchError, Options, Progress, check_cpus, machine_inf
 
 #: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
 #: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
-BENCHMARKS = ["https_front", "availability", "autodiscover"]
+BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front"]
 
 DESCRIPTION = """\
 Measure casgate against a baseline in the same run and write the results.

@@ -114,6 +114,53 @@ class LogConfig:
     format: str = _opt("json", "json (one object per line) or text.", check=_one_of("json", "text"))
 
 
+def _networks(v: list[str]) -> str | None:
+    import ipaddress
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an address or network (CIDR) such as 10.0.0.0/8"
+    return None
+
+
+@dataclass(frozen=True)
+class ImapFrontConfig:
+    """IMAP4 front end (Exchange: Set-ImapSettings); [pop3] has the same keys."""
+
+    allow_plaintext_loopback: bool = _opt(False, "Accept logins without TLS from loopback clients (127.0.0.0/8, "
+                                                 "::1), e.g. a local webmail or benchmark; otherwise plain "
+                                                 "connections must start TLS before logging in.")
+    preauth_timeout: float = _opt(60.0, "Seconds a connection may stay silent before it has logged in.",
+                                  check=_positive)
+    idle_timeout: float = _opt(1800.0, "Seconds a logged-in session may stay silent (RFC 3501: at least 30 "
+                                       "minutes for IMAP; RFC 1939: at least 10 for POP3).", check=_positive)
+    max_connections: int = _opt(10000, "Connections accepted on this protocol's ports together; 0 for no limit.",
+                                check=_non_negative)
+    max_connections_per_ip: int = _opt(50, "Connections from one client address; 0 for no limit.",
+                                       check=_non_negative)
+    max_line: int = _opt(8192, "Longest command line in octets (not counting literals).", check=_positive)
+    max_literal: int = _opt(8192, "Largest literal before login (LOGIN and AUTHENTICATE data), in octets.",
+                            check=_positive)
+    max_commands_before_login: int = _opt(50, "Commands a connection may send before it logs in.",
+                                          check=_positive)
+    max_auth_attempts: int = _opt(3, "Failed logins on one connection before it is closed.", check=_positive)
+    proxy_protocol_from: list[str] = _opt(list, "Load balancers (addresses or CIDR networks) whose connections "
+                                                "start with a PROXY protocol header (v1 or v2) naming the real "
+                                                "client; connections from elsewhere must not send one.",
+                                          check=_networks, factory=True)
+
+
+@dataclass(frozen=True)
+class Pop3FrontConfig(ImapFrontConfig):
+    """POP3 front end (Exchange: Set-PopSettings)."""
+
+    idle_timeout: float = _opt(600.0, "Seconds a logged-in session may stay silent (RFC 1939: at least 10 "
+                                      "minutes).", check=_positive)
+    max_line: int = _opt(512, "Longest command line in octets (RFC 2449 allows 255).", check=_positive)
+    folder: str = _opt("INBOX", "Mailbox POP3 clients see as their maildrop.")
+
+
 ACCESS_LEVELS = ("none", "availability", "limited")
 DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 
@@ -248,6 +295,11 @@ class BackendConfig:
                                   "users' calendars); it needs read access to every calendar.")
     service_password: str = _opt("", "Password of service_login (prefer service_password_file).")
     service_password_file: str = _opt("", "File holding the password of service_login (first line).")
+    master_login: str = _opt("", "IMAP: master account the gateway logs in with on behalf of users (SASL PLAIN "
+                                 "authorization identity, e.g. Dovecot master users); empty uses each user's "
+                                 "own password.")
+    master_password: str = _opt("", "Password of master_login (prefer master_password_file).")
+    master_password_file: str = _opt("", "File holding the password of master_login (first line).")
     home_template: str = _opt("{login}/", "CalDAV/CardDAV: where a user's collections live, relative to url; "
                                           "{login} and {address} are replaced (Radicale: \"{login}/\").")
 
@@ -268,13 +320,11 @@ class BackendConfig:
 
     def service_secret(self, base: "Config") -> str:
         """The service account's password, read from service_password_file when that is set."""
-        if self.service_password_file:
-            path = base.path(self.service_password_file)
-            try:
-                return path.read_text().splitlines()[0].strip()
-            except (OSError, IndexError):
-                raise ConfigError("service_password_file", f"cannot read a password from {path}") from None
-        return self.service_password
+        return _secret(base, self.service_password, self.service_password_file, "service_password_file")
+
+    def master_secret(self, base: "Config") -> str:
+        """The master account's password, read from master_password_file when that is set."""
+        return _secret(base, self.master_password, self.master_password_file, "master_password_file")
 
     @property
     def tls_mode(self) -> str:
@@ -286,6 +336,16 @@ class BackendConfig:
         if scheme == "http":
             return "none"
         return "starttls"
+
+
+def _secret(base: "Config", inline: str, file: str, key: str) -> str:
+    if file:
+        path = base.path(file)
+        try:
+            return path.read_text().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ConfigError(key, f"cannot read a password from {path}") from None
+    return inline
 
 
 @dataclass(frozen=True)
@@ -308,6 +368,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     autodiscover: AutodiscoverConfig = field(default_factory=AutodiscoverConfig)
+    imap: ImapFrontConfig = field(default_factory=ImapFrontConfig)
+    pop3: Pop3FrontConfig = field(default_factory=Pop3FrontConfig)
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     #: Folder relative paths in the file are resolved against.

@@ -1,15 +1,9 @@
-"""Shared pieces of the line-based front ends (IMAP, POP3): the reply type and the asyncio shell."""
+"""Shared pieces of the line-based front ends (IMAP, POP3): replies, login requests, limits, the core contract."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import ssl
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
-
-log = logging.getLogger("casgate.session")
-
 
 @dataclass(frozen=True, slots=True)
 class LoginRequest:
@@ -91,61 +85,3 @@ class LineCore(Protocol):
     def tls_started(self) -> None: ...
     def login_failed(self, request: LoginRequest, reason: str) -> Reply: ...
     def take_pending(self) -> bytes: ...
-
-
-class LineShell:
-    """Feeds a core from a stream and writes its replies; knows no grammar."""
-
-    def __init__(self, name: str, make_core: Callable[[bool], LineCore], ssl_context: ssl.SSLContext,
-                 metrics=None, idle_timeout: float = 120.0, implicit_tls: bool = False) -> None:
-        self.name = name
-        self.make_core = make_core
-        self.ssl_context = ssl_context
-        self.metrics = metrics
-        self.idle_timeout = idle_timeout
-        self.implicit_tls = implicit_tls
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        gauge = self.metrics.connections.labels(self.name) if self.metrics else None
-        if gauge:
-            gauge.inc()
-            self.metrics.connections_total.labels(self.name).inc()
-        core = self.make_core(self.implicit_tls)
-        reason = "closed"
-        try:
-            writer.write(core.greeting())
-            await writer.drain()
-            while True:
-                try:
-                    data = await asyncio.wait_for(reader.read(8192), self.idle_timeout)
-                except asyncio.TimeoutError:
-                    reason = "idle-timeout"
-                    break
-                if not data:
-                    break
-                done = False
-                for reply in core.receive(data):
-                    writer.write(reply.data)
-                    await writer.drain()
-                    if reply.starttls:
-                        await writer.start_tls(self.ssl_context)
-                        core.tls_started()
-                    if reply.close:
-                        done = True
-                        reason = "logout"
-                        break
-                if done:
-                    break
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            reason = type(exc).__name__
-        except Exception:  # one broken session must never take the listener down
-            log.exception("session failed", extra={"event": "session-error", "listener": self.name,
-                                                   "client": peer[0]})
-            reason = "error"
-        finally:
-            if gauge:
-                gauge.dec()
-            log.info("session", extra={"event": "session", "listener": self.name, "client": peer[0],
-                                       "end": reason})
-            writer.close()

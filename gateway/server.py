@@ -16,8 +16,10 @@ from aiohttp import web
 from .context import GatewayContext
 from .http.app import build_app
 from .imap.preauth import ImapPreAuth
-from .lineproto import LineShell
+from .imap.proxy import ImapProxy
+from .mailfront import MailFront
 from .pop3.preauth import Pop3PreAuth
+from .pop3.session import Pop3Service
 
 log = logging.getLogger("casgate.server")
 
@@ -49,7 +51,8 @@ class Listeners:
     ctx: GatewayContext
     runner: web.AppRunner | None = None
     redirect_runner: web.AppRunner | None = None  # plain-HTTP autodiscover redirect, when configured
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    fronts: list[MailFront] = field(default_factory=list)
+    imap_proxy: ImapProxy | None = None
     bound: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
@@ -71,26 +74,27 @@ class Listeners:
                 plain = web.TCPSite(self.redirect_runner, host, http_port, reuse_address=True)
                 await self._bind("autodiscover-http", http_port, plain.start(), "autodiscover.http_port")
                 self.bound["autodiscover_http"] = _port_of(plain._server) or http_port  # type: ignore[attr-defined]
-            line_listeners = [
-                ("imap", cfg.imap_port, lambda tls_on: ImapPreAuth(tls_on), False),
-                ("imaps", cfg.imaps_port, lambda tls_on: ImapPreAuth(tls_on), True),
-                ("pop3", cfg.pop3_port, lambda tls_on: Pop3PreAuth(tls_on), False),
-                ("pop3s", cfg.pop3s_port, lambda tls_on: Pop3PreAuth(tls_on), True),
-            ]
-            for name, port, make_core, implicit in line_listeners:
-                if not port:
-                    continue
-                shell = LineShell(name, make_core, self.ctx.ssl_context, self.ctx.metrics, implicit_tls=implicit)
-                server = await self._bind(name, port, asyncio.start_server(
-                    shell, host, port, ssl=self.ctx.ssl_context if implicit else None, backlog=1024,
-                    reuse_address=True, limit=64 * 1024))
-                self.servers.append(server)
-                self.bound[name] = _port_of(server) or port
+            await self._start_mail_fronts(host)
         except BaseException:
             await self.stop()
             raise
         log.info("listening", extra={"event": "listening", "host": host,
                                      **{f"{k}_port": v for k, v in self.bound.items()}})
+
+    async def _start_mail_fronts(self, host: str) -> None:
+        cfg, ctx = self.ctx.config, self.ctx
+        self.imap_proxy = ImapProxy(ctx)
+        imap = MailFront("imap", cfg.imap, lambda tls_on, limits, plain: ImapPreAuth(
+            tls_on, limits=limits, allow_plaintext=plain), self.imap_proxy.login, ctx.ssl_context, ctx.metrics)
+        pop3 = MailFront("pop3", cfg.pop3, lambda tls_on, limits, plain: Pop3PreAuth(
+            tls_on, limits=limits, allow_plaintext=plain), Pop3Service(ctx).login, ctx.ssl_context, ctx.metrics)
+        self.fronts += [imap, pop3]
+        for name, front, port, implicit in [("imap", imap, cfg.server.imap_port, False),
+                                            ("imaps", imap, cfg.server.imaps_port, True),
+                                            ("pop3", pop3, cfg.server.pop3_port, False),
+                                            ("pop3s", pop3, cfg.server.pop3s_port, True)]:
+            if port:
+                self.bound[name] = await self._bind(name, port, front.listen(name, host, port, implicit))
 
     async def _bind(self, name: str, port: int, coro, key: str = ""):
         try:
@@ -105,14 +109,11 @@ class Listeners:
             raise StartupError(f"cannot listen for {name} on {host}:{port}: {exc.strerror}") from None
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.close()
-        for server in self.servers:
-            try:
-                await asyncio.wait_for(server.wait_closed(), 2)
-            except asyncio.TimeoutError:
-                pass
-        self.servers.clear()
+        if self.imap_proxy is not None:
+            self.imap_proxy.close_all()
+        for front in self.fronts:
+            await front.close()
+        self.fronts.clear()
         if self.redirect_runner is not None:
             await self.redirect_runner.cleanup()
             self.redirect_runner = None

@@ -14,6 +14,7 @@ from gateway.demo.dovecot import Dovecot
 
 # Fixtures that belong to one area live in their own module and are pulled in here.
 from fixtures_dav import *  # noqa: F401,F403
+from fixtures_mailfront import *  # noqa: F401,F403
 from fixtures_smtp import *  # noqa: F401,F403
 from fixtures_state import *  # noqa: F401,F403
 
@@ -21,6 +22,9 @@ USERS = {
     "alice@example.test": "alice-secret-1",
     "bob@example.test": "bob-secret-2",
     "carol@example.test": "carol-secret-3",
+    # Mailboxes of the IMAP/POP3 front-end tests alone, so their deletions and counts disturb nobody.
+    "pop@example.test": "pop-secret-4",
+    "imapper@example.test": "imap per \"secret\" 5",
 }
 
 
@@ -46,6 +50,6 @@ def users() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def dovecot(workdir: Path, certs: tls.CertPaths, users: dict[str, str]):
-    dc = Dovecot(workdir / "dovecot", certs.cert, certs.key, users=users).start()
+    dc = Dovecot(workdir / "dovecot", certs.cert, certs.key, users=users, masters=dict([MASTER])).start()
     yield dc
     dc.stop()

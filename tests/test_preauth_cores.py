@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.imap.preauth import MAX_LINE as IMAP_MAX_LINE
 from gateway.imap.preauth import ImapPreAuth
-from gateway.lineproto import Reply
+from gateway.lineproto import LoginRequest, Reply
 from gateway.pop3.preauth import MAX_LINE as POP3_MAX_LINE
 from gateway.pop3.preauth import Pop3PreAuth
 
@@ -106,15 +106,14 @@ def test_imap_login_before_tls_needs_privacy(command):
 
 
 @pytest.mark.parametrize("command", [b"LOGIN alice secret", b"AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==",
-                                     b"Authenticate PLAIN"])
-def test_imap_login_after_tls_is_not_implemented(command):
+                                     b"Authenticate PLAIN\r\nAGFsaWNlAHNlY3JldA=="])
+def test_imap_login_after_tls_goes_to_the_shell(command):
     core = ImapPreAuth(tls_active=False)
     core.receive(b"a0 STARTTLS\r\n")
     core.tls_started()
-    [r] = core.receive(b"a1 " + command + b"\r\n")
-    assert r.data.startswith(b"a1 NO ")
-    assert b"not implemented" in r.data
-    assert b" OK" not in r.data and not r.data.startswith(b"+")
+    replies = core.receive(b"a1 " + command + b"\r\n")
+    assert replies[-1] == Reply(b"", login=LoginRequest(b"a1", "alice", "secret"))
+    assert [r.data for r in replies[:-1]] == ([b"+ \r\n"] if b"\r\n" in command else [])
 
 
 def test_imap_logout_closes_and_nothing_after():
@@ -210,10 +209,12 @@ def test_pop3_capa_before_and_after_stls():
     core = Pop3PreAuth(tls_active=False)
     assert b"STLS" in _capa(core)
     assert b"PIPELINING" in _capa(core)
+    assert b"USER" not in _capa(core) and b"SASL PLAIN" not in _capa(core)
     [r] = core.receive(b"STLS\r\n")
     assert r.starttls and r.data.startswith(b"+OK")
     core.tls_started()
     assert b"STLS" not in _capa(core)
+    assert b"USER" in _capa(core) and b"SASL PLAIN" in _capa(core)
     [r] = core.receive(b"STLS\r\n")
     assert r.data.startswith(b"-ERR") and not r.starttls
 
@@ -231,25 +232,33 @@ def test_pop3_stls_discards_pipelined_input():
     core.tls_started()
     [r] = core.receive(b"R alice\r\n")  # the "USE" half line did not survive the handshake
     assert r.data.startswith(b"-ERR unknown command")
-    assert core.receive(b"NOOP\r\n")[0].data.startswith(b"-ERR")
+    assert core.receive(b"NOOP\r\n") == [Reply(b"+OK\r\n")]
     assert not core.receive(b"CAPA\r\n")[0].close
 
 
-@pytest.mark.parametrize("command", [b"USER alice", b"PASS secret", b"AUTH PLAIN", b"APOP alice 0123", b"user x"])
+@pytest.mark.parametrize("command", [b"USER alice", b"PASS secret", b"AUTH PLAIN", b"AUTH", b"user x"])
 def test_pop3_login_before_tls(command):
     core = Pop3PreAuth(tls_active=False)
     [r] = core.receive(command + b"\r\n")
-    assert r.data.startswith(b"-ERR ") and b"STLS" in r.data
-    assert not r.close
+    assert r.data == b"-ERR [AUTH] use STLS first\r\n"
+    assert not r.close and r.login is None
 
 
-@pytest.mark.parametrize("command", [b"USER alice", b"PASS secret", b"AUTH PLAIN AGEAYg==", b"AUTH"])
-def test_pop3_login_after_tls_not_implemented(command):
+def test_pop3_apop_is_refused_with_or_without_tls():
+    for tls in (False, True):
+        [r] = Pop3PreAuth(tls_active=tls).receive(b"APOP alice 0123\r\n")
+        assert r.data.startswith(b"-ERR ") and r.login is None
+
+
+def test_pop3_login_after_tls():
     core = Pop3PreAuth(tls_active=False)
     core.receive(b"STLS\r\n")
     core.tls_started()
-    [r] = core.receive(command + b"\r\n")
-    assert r.data.startswith(b"-ERR ") and b"not implemented" in r.data
+    assert core.receive(b"PASS secret\r\n") == [Reply(b"-ERR send USER first\r\n")]
+    assert core.receive(b"AUTH\r\n") == [Reply(b"+OK mechanisms follow\r\nPLAIN\r\n.\r\n")]
+    assert core.receive(b"USER alice\r\n") == [Reply(b"+OK send PASS\r\n")]
+    [r] = core.receive(b"PASS secret\r\n")
+    assert r == Reply(b"", login=LoginRequest(b"", "alice", "secret"))
 
 
 def test_pop3_quit_closes():
@@ -281,7 +290,8 @@ def test_pop3_overlong_line_closes():
 # The only tagged OK texts the IMAP core may produce, and the only +OK texts of the POP3 core.
 _IMAP_OK = {b"CAPABILITY completed", b"NOOP completed", b"LOGOUT completed", b"ID completed",
             b"Begin TLS negotiation now"}
-_POP3_OK = {b"+OK capability list follows", b"+OK casgate signing off", b"+OK begin TLS negotiation"}
+_POP3_OK = {b"+OK capability list follows", b"+OK casgate signing off", b"+OK begin TLS negotiation", b"+OK",
+            b"+OK send PASS", b"+OK mechanisms follow"}
 _TAGGED = re.compile(rb"^(\S+) (OK|NO|BAD) (.*)$", re.S)
 
 _IMAP_PIECES = [b"a LOGIN alice secret\r\n", b"b AUTHENTICATE PLAIN\r\n", b"c AUTHENTICATE PLAIN AGEAYg==\r\n",
@@ -300,28 +310,43 @@ def _stream(pieces: list[bytes]):
         lambda cuts: [data[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(data)])]))
 
 
-def _feed(core, chunks: list[bytes], tls_after: set[int]) -> list[Reply]:
+def _feed(core, chunks: list[bytes], tls: bool, tls_after: set[int]) -> list[Reply]:
+    """Feed like the shell: logins (only ever over TLS here) are failed, then buffered input is acted on."""
     out: list[Reply] = []
     for i, chunk in enumerate(chunks):
-        replies = core.receive(chunk)
-        assert isinstance(replies, list) and all(isinstance(r, Reply) for r in replies)
-        out += replies
-        if any(r.starttls for r in replies) or i in tls_after:
+        queue = core.receive(chunk)
+        assert isinstance(queue, list) and all(isinstance(r, Reply) for r in queue)
+        while queue:
+            r = queue.pop(0)
+            if r.login is not None:
+                assert tls and r.data == b"" and not queue
+                failed = core.login_failed(r.login, "auth")
+                out.append(failed)
+                queue = [] if failed.close else core.receive(b"")
+                continue
+            out.append(r)
+            if r.starttls:
+                core.tls_started()
+                tls = True
+        if i in tls_after:
             core.tls_started()
+            tls = True
     return out
 
 
 @settings(max_examples=500, deadline=None)
 @given(chunks=_stream(_IMAP_PIECES), tls=st.booleans(), tls_after=st.sets(st.integers(0, 12), max_size=2))
-def test_imap_fuzz_never_raises_never_grants_login(chunks, tls, tls_after):
+def test_imap_fuzz_never_raises_never_says_ok_to_a_login(chunks, tls, tls_after):
+    """Logins go to the shell (answered here as failed); the core itself never says OK to one."""
     core = ImapPreAuth(tls_active=tls)
-    replies = _feed(core, chunks, tls_after)
+    replies = _feed(core, chunks, tls, tls_after)
     closed_at = [i for i, r in enumerate(replies) if r.close]
     assert closed_at in ([], [len(replies) - 1])  # nothing is answered after a close
     for r in replies:
         assert r.data.endswith(b"\r\n")
         for line in r.data.split(b"\r\n")[:-1]:
-            assert not line.startswith(b"+")  # never a continuation request: no exchange is ever begun
+            if line.startswith(b"+"):  # continuation requests: a literal, or AUTHENTICATE's empty challenge
+                assert line in (b"+ Ready for literal", b"+ "), line
             if line.startswith(b"*"):
                 assert line.startswith((b"* CAPABILITY ", b"* BYE ", b"* ID ", b"* BAD ")), line
             m = _TAGGED.match(line)
@@ -330,45 +355,61 @@ def test_imap_fuzz_never_raises_never_grants_login(chunks, tls, tls_after):
 
 
 @settings(max_examples=500, deadline=None)
-@given(chunks=_stream(_IMAP_PIECES), tls=st.booleans())
-def test_imap_fuzz_every_login_line_gets_no(chunks, tls):
-    """Replayed line by line, each LOGIN/AUTHENTICATE line is answered NO with its own tag."""
-    core = ImapPreAuth(tls_active=tls)
-    data = b"".join(chunks)
+@given(chunks=_stream(_IMAP_PIECES))
+def test_imap_fuzz_every_login_line_before_tls_gets_no(chunks):
+    """Replayed line by line before TLS, each LOGIN/AUTHENTICATE line is answered NO with its own tag.
+
+    Literals are taken out ("{" becomes "("), so that every line is a whole command.
+    """
+    core = ImapPreAuth(tls_active=False)
+    data = b"".join(chunks).replace(b"{", b"(")
     for line in data.split(b"\n")[:-1]:
         if len(line) > IMAP_MAX_LINE:
             break
         replies = core.receive(line + b"\n")
-        if not replies:
-            break
         (r,) = replies
+        assert r.login is None and not r.data.startswith(b"+")
+        if r.starttls or r.close:
+            break
         m = re.match(rb"^(\S+) (LOGIN|AUTHENTICATE)(?: |$)", line.rstrip(b"\r"), re.I)
         if m and not r.data.startswith(b"* BAD"):
-            assert r.data.startswith(m.group(1) + b" NO "), (line, r)
-        if r.starttls:
-            core.tls_started()
-        if r.close:
-            break
+            assert r.data == m.group(1) + b" NO [PRIVACYREQUIRED] use STARTTLS first\r\n", (line, r)
 
 
 @settings(max_examples=500, deadline=None)
 @given(chunks=_stream(_POP3_PIECES), tls=st.booleans(), tls_after=st.sets(st.integers(0, 12), max_size=2))
 def test_pop3_fuzz_never_raises_never_grants_login(chunks, tls, tls_after):
+    """Logins go to the shell (answered here as failed); the core itself never says +OK to one."""
     core = Pop3PreAuth(tls_active=tls)
-    replies = _feed(core, chunks, tls_after)
+    replies: list[Reply] = []
+    for i, chunk in enumerate(chunks):
+        queue = core.receive(chunk)
+        while queue:
+            r = queue.pop(0)
+            replies.append(r)
+            if r.login is not None:
+                assert r.data == b"" and not queue
+                failed = core.login_failed(r.login, "auth")
+                replies.append(failed)
+                queue = [] if failed.close else core.receive(b"")
+            elif r.starttls:
+                core.tls_started()
+        if i in tls_after:
+            core.tls_started()
+    replies = [r for r in replies if r.login is None]
     closed_at = [i for i, r in enumerate(replies) if r.close]
     assert closed_at in ([], [len(replies) - 1])
     for r in replies:
         first = r.data.split(b"\r\n", 1)[0]
-        assert first.startswith((b"+OK", b"-ERR")), r
+        assert first.startswith((b"+OK", b"-ERR")) or first == b"+ ", r
         if first.startswith(b"+OK"):
             assert first in _POP3_OK, r
 
 
 @settings(max_examples=300, deadline=None)
-@given(chunks=_stream(_POP3_PIECES), tls=st.booleans())
-def test_pop3_fuzz_every_login_line_gets_err(chunks, tls):
-    core = Pop3PreAuth(tls_active=tls)
+@given(chunks=_stream(_POP3_PIECES))
+def test_pop3_fuzz_every_login_line_before_tls_gets_err(chunks):
+    core = Pop3PreAuth(tls_active=False)
     for line in b"".join(chunks).split(b"\n")[:-1]:
         if len(line) > POP3_MAX_LINE:
             break
@@ -376,9 +417,8 @@ def test_pop3_fuzz_every_login_line_gets_err(chunks, tls):
         if not replies:
             break
         (r,) = replies
+        assert r.login is None
         if line.split(b" ", 1)[0].rstrip(b"\r").upper() in (b"USER", b"PASS", b"AUTH", b"APOP"):
             assert r.data.startswith(b"-ERR "), (line, r)
-        if r.starttls:
-            core.tls_started()
-        if r.close:
+        if r.starttls or r.close:
             break

@@ -1,223 +1,268 @@
-"""MailStore over IMAP with aioimaplib: folders, status, listing, fetch, append, flags, expunge."""
+"""MailStore over IMAP: folders, status, listing, fetch (whole or streamed), append, flags, expunge."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import re
-import ssl
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
-import aioimaplib
-
-from ..errors import AuthenticationFailed, BackendError, BackendUnavailable, InvalidData, NotFound
+from ..errors import BackendError, BackendUnavailable, InvalidData, NotFound
 from ..interfaces import Credentials, Folder, FolderStatus, MessageSummary
-from .connect import ImapEndpoint, originating_ip
+from .connect import ImapEndpoint
+from .wire import (Answer, Data, ImapConnection, Literal, decode_mailbox, flag_list, internal_date, mailbox,
+                   number)
 
-_LIST = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?P<delim>[^"]*)"|NIL) (?P<name>.+)$')
-_STATUS_ITEM = re.compile(rb"(MESSAGES|UNSEEN|UIDNEXT|UIDVALIDITY|HIGHESTMODSEQ) (\d+)")
-_FETCH_META = re.compile(rb"UID (\d+)|RFC822\.SIZE (\d+)|FLAGS \(([^)]*)\)|INTERNALDATE \"([^\"]*)\"")
 _SPECIAL = {"\\SENT", "\\DRAFTS", "\\TRASH", "\\JUNK", "\\ARCHIVE", "\\ALL", "\\FLAGGED"}
+_FETCH_SUMMARY = b"UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)"
+_UID_IN_HEAD = re.compile(rb"[( ]UID (\d{1,20})\b", re.I)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _uid_set(uids: Sequence[int]) -> bytes:
+    """``1:3,7,9:10``: runs of consecutive UIDs as ranges, so a long selection stays one short line."""
+    ordered = sorted(set(uids))
+    if ordered[0] < 1:
+        raise InvalidData("IMAP UIDs start at 1")
+    runs: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:] + [0]:
+        if uid != prev + 1:
+            runs.append(str(start) if start == prev else f"{start}:{prev}")
+            start = uid
+        prev = uid
+    return ",".join(runs).encode()
 
 
-def _unquote(raw: bytes) -> str:
-    s = raw.decode("utf-8", "replace")
-    if s.startswith('"') and s.endswith('"'):
-        s = s[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return s
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(x.decode("utf-8", "replace") for x in value if type(x) is bytes) if type(value) is tuple else ()
 
 
-class _StartTlsIMAP4(aioimaplib.IMAP4):
-    """aioimaplib client that upgrades a plain connection with STARTTLS before handing it over."""
+def _summary(d: Data) -> MessageSummary | None:
+    a = d.attrs()
+    if b"UID" not in a:
+        return None
+    date = a.get(b"INTERNALDATE")
+    return MessageSummary(number(a[b"UID"]), number(a.get(b"RFC822.SIZE", b"0")), _names(a.get(b"FLAGS")),
+                          date.decode("ascii", "replace") if type(date) is bytes else None)
 
-    def __init__(self, host: str, port: int, timeout: float, ssl_context: ssl.SSLContext) -> None:
-        self._starttls_ctx = ssl_context
-        super().__init__(host, port, timeout=timeout)
 
-    def create_client(self, host, port, loop, conn_lost_cb=None, ssl_context=None) -> None:
-        loop = asyncio.get_running_loop()
-        self.protocol = aioimaplib.IMAP4ClientProtocol(loop, conn_lost_cb)
-        self._client_task = loop.create_task(self._connect(loop, host, port))
+def _body_in(answer: Answer, folder: str, uid: int) -> bytes:
+    for d in answer.data("FETCH"):
+        a = d.attrs()
+        if b"BODY[]" in a and number(a.get(b"UID", b"%d" % uid)) == uid:
+            body = a[b"BODY[]"]
+            if body is not None and type(body) is not bytes:
+                raise InvalidData(f"IMAP server sent a malformed body for message {uid}")
+            return body or b""
+    raise NotFound(f"message {uid} not in {folder}")
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        greeting = await reader.readuntil(b"\r\n")
-        if not greeting.upper().startswith(b"* OK"):
-            raise BackendUnavailable("IMAP server did not greet with OK")
-        writer.write(b"s0 STARTTLS\r\n")
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            if line.startswith(b"s0 "):
-                break
-        if not line.upper().startswith(b"S0 OK"):
-            raise BackendUnavailable("IMAP server refused STARTTLS")
-        transport = writer.transport
-        tls_transport = await loop.start_tls(transport, self.protocol, self._starttls_ctx, server_hostname=host)
-        # Keep the plain-text writer alive: collecting it would close the transport underneath TLS.
-        self._plain_writer = writer
-        self.protocol.connection_made(tls_transport)
-        # aioimaplib expects a greeting before it asks for capabilities; the real one came before TLS.
-        self.protocol.data_received(b"* OK secured with STARTTLS\r\n")
+
+def _body_of(uid: int):
+    """Which literal stream_message streams: the BODY[] of a FETCH response for ``uid``."""
+    def want(segments: list) -> bool:
+        if not segments[-1].rstrip(b" ").upper().endswith(b"BODY[]") or b" FETCH " not in segments[0].upper():
+            return False
+        m = _UID_IN_HEAD.search(b" ".join(s for s in segments[0::2]))
+        return m is None or int(m.group(1)) == uid
+    return want
 
 
 class ImapMailStore:
-    """One authenticated IMAP session for one user."""
+    """One authenticated IMAP session for one user; after a lost connection the next call logs in again."""
 
     def __init__(self, endpoint: ImapEndpoint, credentials: Credentials, client_ip: str | None = None) -> None:
         self.endpoint = endpoint
         self.client_ip = client_ip
         self.credentials = credentials
-        self._client: aioimaplib.IMAP4 | None = None
-        self._selected: str | None = None
-        self._lock = asyncio.Lock()
+        self._conn: ImapConnection | None = None
+        self._lock = asyncio.Lock()       # held across SELECT and the commands that rely on it
+        self._reconnect = asyncio.Lock()
+        self._streaming_to: asyncio.Task | None = None  # the task a message is being streamed to
+        self._stream_closed = asyncio.Event()
 
     @property
     def capabilities(self) -> frozenset[str]:
-        if self._client is None:
-            return frozenset()
-        return frozenset(c.upper() for c in self._client.protocol.capabilities)
+        return self._conn.capabilities if self._conn is not None else frozenset()
 
     async def start(self, stack: AsyncExitStack) -> None:
-        ep = self.endpoint
-        try:
-            if ep.tls == "implicit":
-                client = aioimaplib.IMAP4_SSL(ep.host, ep.port, timeout=ep.timeout, ssl_context=ep.context())
-            elif ep.tls == "starttls":
-                client = _StartTlsIMAP4(ep.host, ep.port, ep.timeout, ep.context())
-            else:
-                client = aioimaplib.IMAP4(ep.host, ep.port, timeout=ep.timeout)
-            await client.wait_hello_from_server()
-            if (ip := originating_ip(self.client_ip)) and "ID" in client.protocol.capabilities:
-                await client.protocol.id(**{"x-originating-ip": ip})
-            resp = await client.login(self.credentials.username, self.credentials.password)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, aioimaplib.AioImapException) as exc:
-            raise BackendUnavailable(f"IMAP back end {ep.host}:{ep.port}: {type(exc).__name__}") from None
-        if resp.result != "OK":
-            text = b" ".join(resp.lines).upper()
-            if b"[UNAVAILABLE]" in text:
-                raise BackendUnavailable("IMAP back end could not check the login now")
-            raise AuthenticationFailed("the IMAP back end refused the credentials")
-        self._client = client
+        self._conn = await self._connect()
         stack.push_async_callback(self._logout)
 
-    async def _logout(self) -> None:
-        if self._client is not None:
-            try:
-                await asyncio.wait_for(self._client.logout(), 2)
-            except (OSError, asyncio.TimeoutError, aioimaplib.AioImapException):
-                pass
-            self._client = None
-
-    async def _run(self, name: str, *args, **kw) -> aioimaplib.Response:
-        if self._client is None:
-            raise BackendUnavailable("IMAP session not started")
+    async def _connect(self) -> ImapConnection:
+        conn = await ImapConnection.open(self.endpoint)
         try:
-            resp = await getattr(self._client, name)(*args, **kw)
-        except (OSError, asyncio.TimeoutError, aioimaplib.AioImapException) as exc:
-            raise BackendUnavailable(f"IMAP back end failed during {name.upper()}: {type(exc).__name__}") from None
-        if resp.result != "OK":
-            text = b" ".join(x for x in resp.lines if isinstance(x, (bytes, bytearray))).decode("utf-8", "replace")
-            if "NONEXISTENT" in text.upper() or "doesn't exist" in text:
-                raise NotFound(text[:200])
-            if "OVERQUOTA" in text.upper():
-                from ..errors import QuotaExceeded
-                raise QuotaExceeded(text[:200])
-            if resp.result == "BAD":
-                raise InvalidData(text[:200])
-            raise BackendError(text[:200])
-        return resp
+            await conn.login(self.credentials.username, self.credentials.password, client_ip=self.client_ip)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    async def _select(self, folder: str) -> None:
-        if self._selected != folder:
-            await self._run("select", _quote(folder))
-            self._selected = folder
+    async def _logout(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.logout()
+
+    async def _own_stream_closed(self) -> None:
+        """Wait for a stream this very task consumes to be closed.
+
+        A stream keeps the session until it ends. Its consumer may have
+        abandoned it (the event loop closes it soon), or may be asking from
+        inside its own loop, which would wait forever: that ends in an error.
+        """
+        if self._streaming_to is None or self._streaming_to is not asyncio.current_task():
+            return
+        try:
+            async with asyncio.timeout(self.endpoint.timeout):
+                await self._stream_closed.wait()
+        except TimeoutError:
+            raise BackendError("this IMAP session is still streaming a message to the caller") from None
+
+    @asynccontextmanager
+    async def _exclusive(self, folder: str | None) -> AsyncIterator[ImapConnection]:
+        """The session, kept for the caller alone, with ``folder`` selected unless that is None."""
+        await self._own_stream_closed()
+        async with self._lock:
+            conn = await self._session()
+            if folder is not None and conn.selected != folder:
+                conn.selected = None  # a failed SELECT leaves no mailbox selected
+                await conn.command(b"SELECT", mailbox(folder))
+                conn.selected = folder
+            yield conn
+
+    async def _session(self) -> ImapConnection:
+        await self._own_stream_closed()
+        conn = self._conn
+        if conn is None:
+            raise BackendUnavailable("IMAP session not started")
+        if conn.broken:
+            async with self._reconnect:
+                if self._conn is conn:  # nobody reconnected while we waited
+                    self._conn = await self._connect()
+                elif self._conn is None:
+                    raise BackendUnavailable("IMAP session closed")
+            conn = self._conn
+        return conn
+
+    async def select(self, folder: str) -> FolderStatus:
+        """Select ``folder`` afresh and return its counters as the SELECT (and an unseen count) gave them."""
+        async with self._exclusive(None) as conn:
+            conn.selected = None
+            # (CONDSTORE) is what makes a server report HIGHESTMODSEQ on SELECT (RFC 7162 3.1.8).
+            condstore = (b"(CONDSTORE)",) if "CONDSTORE" in conn.capabilities else ()
+            answer = await conn.command(b"SELECT", mailbox(folder), *condstore)
+            conn.selected = folder
+            if "ESEARCH" in conn.capabilities:
+                found = await conn.command(b"SEARCH RETURN (COUNT) UNSEEN")
+                unseen = next((number(d.items[i + 1]) for d in found.data("ESEARCH")
+                               for i, x in enumerate(d.items[:-1]) if type(x) is bytes and x.upper() == b"COUNT"), 0)
+            else:
+                unseen = (await self._status(conn, folder, b"UNSEEN")).get("UNSEEN", 0)
+        exists = [d.number for d in answer.data("EXISTS") if d.number is not None]
+
+        def code(name: str) -> int | None:
+            args = answer.code(name)
+            return number(args[0].encode()) if args else None
+
+        return FolderStatus(exists[-1] if exists else 0, unseen, code("UIDNEXT") or 0, code("UIDVALIDITY") or 0,
+                            code("HIGHESTMODSEQ"))
 
     async def list_folders(self) -> list[Folder]:
-        resp = await self._run("list", '""', '"*"')
+        answer = await (await self._session()).command(b'LIST "" "*"')
         folders = []
-        for line in resp.lines:
-            m = _LIST.match(bytes(line))
-            if not m:
+        for d in answer.data("LIST"):
+            if len(d.items) < 3 or type(d.items[2]) is not bytes:
                 continue
-            flags = tuple(m.group("flags").decode().split())
-            if "\\Noselect" in flags or "\\NonExistent" in flags:
+            flags = _names(d.items[0])
+            if {f.upper() for f in flags} & {"\\NOSELECT", "\\NONEXISTENT"}:
                 continue
             special = next((f for f in flags if f.upper() in _SPECIAL), None)
-            delim = (m.group("delim") or b"/").decode()
-            folders.append(Folder(_unquote(m.group("name")), delim, special, flags))
+            delim = d.items[1].decode("utf-8", "replace") if type(d.items[1]) is bytes else "/"
+            folders.append(Folder(decode_mailbox(d.items[2]), delim, special, flags))
         return folders
 
+    async def _status(self, conn: ImapConnection, folder: str, items: bytes) -> dict[str, int]:
+        answer = await conn.command(b"STATUS", mailbox(folder), b"(" + items + b")")
+        return {k.decode(): number(v) for d in answer.data("STATUS") for k, v in d.attrs().items()}
+
     async def status(self, folder: str) -> FolderStatus:
-        items = "MESSAGES UNSEEN UIDNEXT UIDVALIDITY"
-        if "CONDSTORE" in self.capabilities:
-            items += " HIGHESTMODSEQ"
-        resp = await self._run("status", _quote(folder), f"({items})")
-        values = {k.decode(): int(v) for line in resp.lines for k, v in _STATUS_ITEM.findall(bytes(line))}
-        return FolderStatus(values.get("MESSAGES", 0), values.get("UNSEEN", 0), values.get("UIDNEXT", 0),
-                            values.get("UIDVALIDITY", 0), values.get("HIGHESTMODSEQ"))
+        conn = await self._session()
+        items = b"MESSAGES UNSEEN UIDNEXT UIDVALIDITY"
+        if "CONDSTORE" in conn.capabilities:
+            items += b" HIGHESTMODSEQ"
+        v = await self._status(conn, folder, items)
+        return FolderStatus(v.get("MESSAGES", 0), v.get("UNSEEN", 0), v.get("UIDNEXT", 0), v.get("UIDVALIDITY", 0),
+                            v.get("HIGHESTMODSEQ"))
 
     async def list_messages(self, folder: str) -> list[MessageSummary]:
-        async with self._lock:
-            await self._select(folder)
-            resp = await self._run("uid", "fetch", "1:*", "(UID RFC822.SIZE FLAGS INTERNALDATE)")
-        out = []
-        for line in resp.lines:
-            line = bytes(line)
-            if b" FETCH " not in line:
-                continue
-            uid = size = 0
-            flags: tuple[str, ...] = ()
-            date = None
-            for u, s, f, d in _FETCH_META.findall(line):
-                uid = int(u) if u else uid
-                size = int(s) if s else size
-                flags = tuple(f.decode().split()) if f else flags
-                date = d.decode() if d else date
-            if uid:
-                out.append(MessageSummary(uid, size, flags, date))
-        return sorted(out, key=lambda m: m.uid)
+        async with self._exclusive(folder) as conn:
+            answer = await conn.command(_FETCH_SUMMARY)
+        out = [s for d in answer.data("FETCH") if (s := _summary(d)) is not None]
+        out.sort(key=lambda m: m.uid)
+        return out
 
     async def fetch_message(self, folder: str, uid: int) -> bytes:
-        async with self._lock:
-            await self._select(folder)
-            resp = await self._run("uid", "fetch", str(uid), "BODY.PEEK[]")
-        for line in resp.lines:
-            if isinstance(line, bytearray):  # aioimaplib hands literals over as bytearray
-                return bytes(line)
-        raise NotFound(f"message {uid} not in {folder}")
+        if uid < 1:
+            raise NotFound(f"message {uid} not in {folder}")
+        async with self._exclusive(folder) as conn:
+            answer = await conn.command(b"UID FETCH %d BODY.PEEK[]" % uid)
+        return _body_in(answer, folder, uid)
+
+    async def stream_message(self, folder: str, uid: int, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        """The raw message, ``chunk_size`` octets at most a chunk, straight off the socket.
+
+        The session serves nothing else until the stream ends or is closed;
+        what a consumer leaves unread is drained then (or the connection is
+        dropped and the next call reconnects).
+        """
+        if chunk_size < 1:
+            raise InvalidData("chunk_size must be positive")
+        if uid < 1:
+            raise NotFound(f"message {uid} not in {folder}")
+        async with self._exclusive(folder) as conn:
+            self._streaming_to = asyncio.current_task()
+            self._stream_closed.clear()
+            try:
+                async with conn.literal(b"UID FETCH %d BODY.PEEK[]" % uid, want=_body_of(uid)) as body:
+                    if type(body) is Answer:  # no literal: a server may send a small body as a quoted string
+                        whole = _body_in(body, folder, uid)
+                        for i in range(0, len(whole), chunk_size):
+                            yield whole[i:i + chunk_size]
+                        return
+                    async for chunk in body.chunks(chunk_size):
+                        yield chunk
+            finally:
+                self._streaming_to = None
+                self._stream_closed.set()
 
     async def append(self, folder: str, message: bytes, flags: Sequence[str] = (),
                      when: dt.datetime | None = None) -> int | None:
-        resp = await self._run("append", message, mailbox=_quote(folder),
-                               flags="(" + " ".join(flags) + ")" if flags else None, date=when)
-        for line in resp.lines:
-            if m := re.search(rb"APPENDUID \d+ (\d+)", bytes(line)):
-                return int(m.group(1))
-        return None
+        args: list[bytes | Literal] = [b"APPEND", mailbox(folder)]
+        if flags:
+            args.append(flag_list(flags))
+        if when is not None:
+            args.append(internal_date(when))
+        args.append(Literal(message))
+        answer = await (await self._session()).command(*args)
+        uid = answer.code("APPENDUID")
+        return number(uid[1].encode()) if uid and len(uid) == 2 else None
 
     async def set_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str], add: bool = True) -> None:
-        if not uids:
+        if not uids or not flags:
             return
-        async with self._lock:
-            await self._select(folder)
-            await self._run("uid", "store", ",".join(map(str, uids)),
-                            "+FLAGS.SILENT" if add else "-FLAGS.SILENT", "(" + " ".join(flags) + ")")
+        async with self._exclusive(folder) as conn:
+            await conn.command(b"UID STORE", _uid_set(uids), b"+FLAGS.SILENT" if add else b"-FLAGS.SILENT",
+                               flag_list(flags))
 
     async def expunge(self, folder: str, uids: Sequence[int]) -> None:
         if not uids:
             return
-        await self.set_flags(folder, uids, ["\\Deleted"])
-        async with self._lock:
-            await self._select(folder)
-            if "UIDPLUS" in self.capabilities:
-                await self._run("uid", "expunge", ",".join(map(str, uids)))
+        async with self._exclusive(folder) as conn:
+            await conn.command(b"UID STORE", _uid_set(uids), b"+FLAGS.SILENT", b"(\\Deleted)")
+            if "UIDPLUS" in conn.capabilities:
+                await conn.command(b"UID EXPUNGE", _uid_set(uids))
             else:
-                await self._run("expunge")
+                await conn.command(b"EXPUNGE")
 
     async def create_folder(self, name: str) -> None:
-        await self._run("create", _quote(name))
+        await (await self._session()).command(b"CREATE", mailbox(name))

@@ -42,8 +42,11 @@ mail_attribute_dict =
 protocol lmtp {{
   postmaster_address = postmaster@{domain}
 }}
+protocol imap {{
+  mail_plugins = $mail_plugins imap_zlib
+}}
 lda_mailbox_autocreate = yes
-passdb {{
+{master_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {passwd}
 }}
@@ -135,6 +138,7 @@ class Dovecot:
     key: Path
     domain: str = "example.test"
     users: dict[str, str] = field(default_factory=dict)
+    masters: dict[str, str] = field(default_factory=dict)  # master users (SASL authorization identity)
     imap_port: int = 0
     imaps_port: int = 0
     pop3_port: int = 0
@@ -164,6 +168,16 @@ class Dovecot:
         passwd = self.root / "passwd"
         passwd.write_text("\n".join(lines) + "\n")
         passwd.chmod(0o600)
+        if self.masters:
+            masters = self.root / "masters"
+            masters.write_text("".join(f"{login}:{{PLAIN}}{pw}\n" for login, pw in self.masters.items()))
+            masters.chmod(0o600)
+
+    def _master_passdb(self) -> str:
+        if not self.masters:
+            return ""
+        return ("auth_master_user_separator = *\npassdb {\n  driver = passwd-file\n  master = yes\n  pass = yes\n"
+                f"  args = scheme=PLAIN {self.root / 'masters'}\n}}\n")
 
     def start(self, timeout: float = 30.0) -> "Dovecot":
         if not Path(DOVECOT).exists():
@@ -197,7 +211,7 @@ class Dovecot:
             run=run, state=state, log=self.log, internal_user=internal_user,
             internal_group=internal_group, login_user=login_user, cert=self.cert, key=self.key,
             auth_user="root" if os.geteuid() == 0 else user, mail=self.mail_dir, domain=self.domain,
-            passwd=self.root / "passwd",
+            passwd=self.root / "passwd", master_passdb=self._master_passdb(),
             imap_port=self.imap_port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
             pop3s_port=self.pop3s_port, lmtp_port=self.lmtp_port))
         with open(self.root / "dovecot.err", "ab") as err:

@@ -14,8 +14,9 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from adapters.errors import AuthenticationFailed, BackendUnavailable
 from adapters.imap import check_login
@@ -26,6 +27,7 @@ from .backends import Backends
 from .directory import StaticDirectory
 
 log = logging.getLogger("casgate.auth")
+T = TypeVar("T")
 
 
 class LoginThrottled(AuthenticationFailed):
@@ -101,6 +103,44 @@ class AuthService:
         password or an unknown user (indistinguishable to the caller), and
         BackendUnavailable when the user's back end cannot answer.
         """
+        user, keys = await self._admit(login, password, client_ip)
+        digest = self._digest(user.address, password)
+        expiry = self._cache.get(digest)
+        if expiry is not None and expiry > self.clock():
+            self._log("ok-cached", user.address, client_ip)
+            return AuthResult(user, cached=True)
+        backend = self._imap_backend(user)
+        try:
+            await self._check(digest, backend, Credentials(user.login, password), client_ip)
+        except AuthenticationFailed:
+            self._cache.pop(digest, None)
+            self._failed(*keys, user.address, client_ip, "bad-password")
+        except BackendUnavailable:
+            self._log("backend-unavailable", user.address, client_ip)
+            raise
+        self._succeeded(keys, user, digest, client_ip)
+        return AuthResult(user, cached=False)
+
+    async def login_with(self, login: str, password: str, client_ip: str,
+                         attempt: Callable[[UserRecord, str, Credentials], Awaitable[T]]) -> tuple[UserRecord, T]:
+        """Check credentials by using them: ``attempt`` logs in to the user's mail back end and returns what
+        it opened (a proxied session, a mail store). Throttling, failure counting and logging are as for
+        ``authenticate``; the attempt always runs, cached or not, since its session is what the caller needs.
+        """
+        user, keys = await self._admit(login, password, client_ip)
+        backend = self._imap_backend(user)
+        try:
+            result = await attempt(user, backend, Credentials(user.login, password))
+        except AuthenticationFailed:
+            self._failed(*keys, user.address, client_ip, "bad-password")
+        except BackendUnavailable:
+            self._log("backend-unavailable", user.address, client_ip)
+            raise
+        self._succeeded(keys, user, self._digest(user.address, password), client_ip)
+        return user, result
+
+    async def _admit(self, login: str, password: str, client_ip: str) -> tuple[UserRecord, tuple[str, str]]:
+        """Refuse throttled and unknown logins; return the user and its failure-counter keys."""
         user_key = "u:" + login.strip().lower()
         ip_key = "ip:" + client_ip
         now = self.clock()
@@ -113,30 +153,22 @@ class AuthService:
             await asyncio.sleep(self._backend_latency)  # answer as slowly as a real check would
             self._failed(user_key, ip_key, login, client_ip, "unknown-user" if user is None else "empty-password")
         assert user is not None
-        digest = self._digest(user.address, password)
-        expiry = self._cache.get(digest)
-        if expiry is not None and expiry > now:
-            self._log("ok-cached", user.address, client_ip)
-            return AuthResult(user, cached=True)
+        return user, (user_key, ip_key)
+
+    def _imap_backend(self, user: UserRecord) -> str:
         backend = self.directory.route(user, "imap")
         if backend is None:
             raise BackendUnavailable("no IMAP back end to check this user's password against")
-        try:
-            await self._check(digest, backend, Credentials(user.login, password), client_ip)
-        except AuthenticationFailed:
-            self._cache.pop(digest, None)
-            self._failed(user_key, ip_key, user.address, client_ip, "bad-password")
-        except BackendUnavailable:
-            self._log("backend-unavailable", user.address, client_ip)
-            raise
-        self._failures.pop(user_key, None)
+        return backend
+
+    def _succeeded(self, keys: tuple[str, str], user: UserRecord, digest: bytes, client_ip: str) -> None:
+        self._failures.pop(keys[0], None)
         self._failures.pop("u:" + user.address, None)
         self._cache[digest] = self.clock() + self.config.cache_ttl
         if len(self._cache) > 100_000:
             now = self.clock()
             self._cache = {k: v for k, v in self._cache.items() if v > now}
         self._log("ok", user.address, client_ip)
-        return AuthResult(user, cached=False)
 
     async def _check(self, digest: bytes, backend: str, creds: Credentials, client_ip: str) -> None:
         # Phones open several requests at once with the same credentials: one back-end login serves
