@@ -41,7 +41,10 @@ wrk numbers, per-round values, machine facts), bench/results/<benchmark>.json (k
 runs) and docs/benchmarks.md (regenerated from those files).
 
 Needs: wrk and taskset (Debian packages wrk, util-linux), Dovecot (make install), 2 CPUs.
-With the defaults a run takes about 1.5 minutes."""
+The HTTP benchmarks take about 1.5 minutes together. imap_front runs the peers' IMAP/POP3
+procedure from ../shared/peers/imap (it installs and starts Dovecot and nginx's mail proxy
+there, loopback only) with casgate as a third target: about 3 minutes per round plus 3 for
+the idle-memory tests."""
 
 
 def _load(name: str):
