@@ -179,6 +179,12 @@ def run(env, opts: Options, progress: Progress) -> dict:
             idle_tls = ((json.loads(tls_out.read_text())["tests"].get("idle") or {}).get("groups", {})
                         .get("gateway", {}).get("rss_kb_per_conn"))
         summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
+        keep = ROOT / "bench" / "results" / "imap_front_peers"  # raw per-target JSON, kept for later reading
+        shutil.rmtree(keep, ignore_errors=True)
+        if out.exists():
+            shutil.copytree(out, keep)
+            if tls_out.exists():
+                shutil.copy(tls_out, keep / "idle-gateway-tls.json")
         if proc.poll() is not None:
             raise BenchError(f"casgate exited during the benchmark; see {gw_log}")
     rows = []
