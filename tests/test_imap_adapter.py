@@ -276,9 +276,8 @@ async def test_wire_login_failures_and_silent_servers(dovecot, certs, users):
 
 
 async def test_master_user_login_with_an_authorization_identity(dovecot, certs, users):
-    masters = getattr(dovecot, "masters", None)
-    if not masters:
-        pytest.skip("this Dovecot has no master user configured")
+    masters = dovecot.masters
+    assert masters, "the session Dovecot is configured with a master user (conftest MASTER)"
     master, password = next(iter(masters.items()))
     conn = await ImapConnection.open(_ep(dovecot, certs))
     try:
