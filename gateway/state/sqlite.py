@@ -89,7 +89,16 @@ class SqliteStore:
 
     def _open(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a fresh file to WAL ignores the busy timeout: when two nodes open it at the same
+        # moment, one sees "database is locked" at once. Retry for as long as the busy timeout would wait.
+        for attempt in range(200):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         self._conn = conn
