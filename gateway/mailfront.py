@@ -76,6 +76,25 @@ LoginHandler = Callable[[ClientSession, LoginRequest], Awaitable[bool]]
 CoreFactory = Callable[[bool, FrontLimits, bool], LineCore]  # (tls_active, limits, allow_plaintext)
 
 
+async def checked_login(session: ClientSession, request: LoginRequest, login: Callable[[], Awaitable]):
+    """Run ``login`` (an auth-service check that opens the user's back end); on failure set ``session.end`` to
+    the core's login_failed reason ("auth" after the back-off, or "unavailable") and return None."""
+    from adapters.errors import AuthenticationFailed, BackendUnavailable
+    from .services.auth import LoginThrottled
+    try:
+        return await login()
+    except LoginThrottled as exc:
+        await asyncio.sleep(min(exc.retry_after, 5))  # answer no faster than the back-off allows
+        session.end = "auth"
+    except AuthenticationFailed:
+        session.end = "auth"
+    except BackendUnavailable as exc:
+        log.warning("back end unavailable", extra={"event": "backend-unavailable", "client": session.client_ip,
+                                                    "user": request.username[:200], "error": str(exc)[:200]})
+        session.end = "unavailable"
+    return None
+
+
 def _normal_ip(ip: str) -> str:
     try:
         addr = ipaddress.ip_address(ip)

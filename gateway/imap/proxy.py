@@ -14,14 +14,12 @@ import logging
 import re
 import time
 
-from adapters.errors import AuthenticationFailed, BackendUnavailable
 from adapters.imap.connect import BackendSession, open_session
 from adapters.interfaces import Credentials, UserRecord
 
 from ..context import GatewayContext
 from ..lineproto import LoginRequest
-from ..mailfront import ClientSession
-from ..services.auth import LoginThrottled
+from ..mailfront import ClientSession, checked_login
 
 log = logging.getLogger("casgate.session")
 
@@ -117,20 +115,10 @@ class ImapProxy:
         self._sweeper: asyncio.Task | None = None
 
     async def login(self, session: ClientSession, request: LoginRequest) -> bool:
-        try:
-            user, backend = await self._login(session, request)
-        except LoginThrottled as exc:
-            await asyncio.sleep(min(exc.retry_after, 5))  # answer no faster than the back-off allows
-            session.end = "auth"
+        opened = await checked_login(session, request, lambda: self._login(session, request))
+        if opened is None:
             return False
-        except AuthenticationFailed:
-            session.end = "auth"
-            return False
-        except BackendUnavailable as exc:
-            log.warning("back end unavailable", extra={"event": "backend-unavailable", "client": session.client_ip,
-                                                        "user": request.username[:200], "error": str(exc)[:200]})
-            session.end = "unavailable"
-            return False
+        user, backend = opened
         session.user = user.address
         self._hand_over(session, request, backend)
         return True

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable
+from adapters.errors import BackendError, BackendUnavailable
 from adapters.interfaces import Credentials, UserRecord
 
 from ..context import GatewayContext
 from ..lineproto import LoginRequest
-from ..mailfront import ClientSession
-from ..services.auth import LoginThrottled
+from ..mailfront import ClientSession, checked_login
 from .maildrop import MaildropLocks, Pop3Maildrop
 
 log = logging.getLogger("casgate.session")
@@ -34,19 +32,11 @@ class Pop3Service:
                 await store.start(stack)
                 return store
 
-            try:
-                user, store = await self.ctx.auth.login_with(request.username, request.password, session.client_ip,
-                                                             attempt)
-            except LoginThrottled as exc:
-                await asyncio.sleep(min(exc.retry_after, 5))
-                session.end = "auth"
+            opened = await checked_login(session, request, lambda: self.ctx.auth.login_with(
+                request.username, request.password, session.client_ip, attempt))
+            if opened is None:
                 return False
-            except AuthenticationFailed:
-                session.end = "auth"
-                return False
-            except BackendUnavailable as exc:
-                self._unavailable(session, request.username, exc)
-                return False
+            user, store = opened
             if not await self.locks.acquire(user.address):
                 session.end = "in-use"
                 return False
