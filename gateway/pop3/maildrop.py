@@ -42,8 +42,10 @@ class Pop3Maildrop:
     errors from the streams propagate; like EOF they delete nothing.
     """
 
-    def __init__(self, store, *, folder: str = "INBOX", max_line: int = 512, chunk_size: int = 65536) -> None:
+    def __init__(self, store, *, folder: str = "INBOX", max_line: int = 512, chunk_size: int = 65536,
+                 on_update: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
+        self.on_update = on_update  # run after QUIT's expunge, before its +OK: where RFC 1939 releases the lock
         self.folder = folder
         self.max_line = max_line
         self.chunk_size = chunk_size
@@ -244,6 +246,9 @@ class Pop3Maildrop:
                 log.warning("pop3 expunge failed: %s", exc, extra={"event": "pop3-backend"})
                 await self._send(writer, b"-ERR [SYS/TEMP] some deleted messages not removed\r\n")
                 return "backend-error"
+        if self.on_update is not None:
+            # A client that saw +OK may reconnect at once (or the node may stop): the lock must already be free.
+            await self.on_update()
         await self._send(writer, b"+OK casgate signing off (%d messages deleted)\r\n" % len(doomed))
         return "quit"
 
@@ -305,7 +310,8 @@ class MaildropLocks:
         if key not in self._held:
             return
         try:
-            await self.state.kv_delete(self.NAMESPACE, key)
+            # Shielded: a shutdown that cancels the session must not cancel the release half-way.
+            await asyncio.shield(self.state.kv_delete(self.NAMESPACE, key))
         except Exception:
             log.warning("pop3 lock of %s not released; it expires by itself", user, exc_info=True,
                         extra={"event": "pop3-lock"})
