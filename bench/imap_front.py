@@ -162,7 +162,9 @@ def run(env, opts: Options, progress: Progress) -> dict:
         for port in ports.values():
             wait_for_port(HOST, port, 30, proc, "casgate", gw_log)
         out = work / "results"
-        run_env = dict(os.environ, RUNS=str(rounds), TARGETS="direct nginx", OUT=str(out),
+        # IDLE_TARGETS must name the gateway itself: run_all.sh fixes its default before adding EXTRA_TARGETS.
+        run_env = dict(os.environ, RUNS=str(rounds), TARGETS="direct nginx", IDLE_TARGETS="nginx gateway",
+                       OUT=str(out),
                        EXTRA_TARGETS=f"gateway={HOST}:{ports['imap']}:{ports['pop3']}",
                        IDLE_MEM_PIDS=f"gateway={proc.pid}")
         _sh(progress, f"imap_front: run_all.sh, {rounds} rounds over direct, nginx, casgate (about "
@@ -173,7 +175,7 @@ def run(env, opts: Options, progress: Progress) -> dict:
              "--label", "gateway-tls", "--json", str(tls_out), "--mem-pid", f"gateway={proc.pid}"], log)
         med = _medians(out)
         idle_plain = _idle(out, "gateway", "gateway")
-        idle_nginx = _idle(out, "nginx", "nginx")
+        idle_nginx = _idle(out, "nginx", "nginx_all")  # master and workers, as casgate's whole process
         idle_tls = None
         if tls_out.exists():
             idle_tls = ((json.loads(tls_out.read_text())["tests"].get("idle") or {}).get("groups", {})

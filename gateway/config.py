@@ -159,6 +159,9 @@ class Pop3FrontConfig(ImapFrontConfig):
                                       "minutes).", check=_positive)
     max_line: int = _opt(512, "Longest command line in octets (RFC 2449 allows 255).", check=_positive)
     folder: str = _opt("INBOX", "Mailbox POP3 clients see as their maildrop.")
+    read_ahead: int = _opt(262144, "After a RETR, fetch the next message from the store while the client reads "
+                                   "this one, if it is at most this many octets (0: never). Costs that much "
+                                   "memory per session at most.", check=_non_negative)
 
 
 ACCESS_LEVELS = ("none", "availability", "limited")

@@ -526,6 +526,7 @@ class FakeStore:
         self.fail_stream: BackendError | None = None
         self.fail_after_chunks: int | None = None
         self.fail_expunge: BackendError | None = None
+        self.broken: dict[int, BackendError] = {}  # uid -> what streaming that message raises
 
     async def status(self, folder: str) -> FolderStatus:
         assert folder == "INBOX"
@@ -541,6 +542,8 @@ class FakeStore:
         try:
             if self.fail_stream is not None and self.fail_after_chunks is None:
                 raise self.fail_stream
+            if uid in self.broken:
+                raise self.broken[uid]
             if uid not in self.messages:
                 raise NotFound(f"uid {uid}")
             body = self.messages[uid]
@@ -825,6 +828,61 @@ async def test_expunge_failure_at_quit():
         await c.cmd(b"DELE 1")
         assert await c.cmd(b"QUIT") == b"-ERR [SYS/TEMP] some deleted messages not removed\r\n"
         assert await c.end() == "backend-error"
+
+
+def _streamed(store: FakeStore) -> list[int]:
+    return [r.uid for r in store.streams]
+
+
+async def _settled(store: FakeStore) -> None:
+    for _ in range(100):
+        if all(r.closed for r in store.streams):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_read_ahead_fetches_the_next_message_while_the_client_reads():
+    store = FakeStore(_MESSAGES_3)
+    async with session(store, read_ahead=1000) as c:
+        assert (await c.multi(b"RETR 1"))[1] == _MESSAGES_3[5] + b".\r\n"
+        await _settled(store)
+        assert _streamed(store) == [5, 17] and store.streams[1].finished  # before RETR 2 was sent
+        assert (await c.multi(b"RETR 2"))[1] == _MESSAGES_3[17] + b".\r\n"
+        assert (await c.multi(b"RETR 3"))[1] == (b"Subject: three\r\n\r\n..starts with a dot\r\n...two\r\n"
+                                                  b"..\r\nlast line\r\n.\r\n")
+        assert _streamed(store) == [5, 17, 42]  # each message fetched once
+        assert await c.cmd(b"QUIT") == b"+OK casgate signing off (0 messages deleted)\r\n"
+    assert all(r.closed for r in store.streams)
+
+
+async def test_read_ahead_skips_deleted_and_large_messages_and_drops_stale_ones():
+    store = FakeStore(_MESSAGES_3)
+    async with session(store, read_ahead=_SIZES[42]) as c:
+        await c.cmd(b"DELE 2")
+        await c.multi(b"RETR 1")
+        await _settled(store)
+        assert _streamed(store) == [5, 42]  # message 2 is deleted: message 3 is read ahead
+        await c.cmd(b"RSET")
+        assert (await c.multi(b"RETR 2"))[1] == _MESSAGES_3[17] + b".\r\n"  # not the read-ahead one
+        await c.multi(b"RETR 3")
+        await c.cmd(b"DELE 3")
+        assert await c.cmd(b"QUIT") == b"+OK casgate signing off (1 messages deleted)\r\n"
+    assert store.expunged == [[42]]
+    small = FakeStore(_MESSAGES_3)
+    async with session(small, read_ahead=_SIZES[17] - 1) as c:
+        await c.multi(b"RETR 1")
+        await c.multi(b"TOP 1 0")
+        assert _streamed(small) == [5, 5]  # message 2 is bigger than the read-ahead allows
+
+
+async def test_read_ahead_failure_is_reported_by_the_retr_that_needs_it():
+    store = FakeStore(_MESSAGES_3)
+    store.broken[17] = BackendUnavailable("down")
+    async with session(store, read_ahead=1000) as c:
+        await c.multi(b"RETR 1")
+        assert await c.cmd(b"RETR 2") == b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n"
+        assert await c.end() == "backend-error"
+    assert _streamed(store) == [5, 17, 17] and store.expunged == []
 
 
 async def test_pending_bytes_are_served_first_and_pipelining_works():

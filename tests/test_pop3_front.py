@@ -84,6 +84,29 @@ def test_full_session_sizes_uidl_top_retr_dele_quit(mailfront, users, dovecot, m
     assert _inbox_subjects(dovecot, users) == ["two"]
 
 
+def test_read_ahead_never_serves_a_deleted_or_other_message(mailfront, users, dovecot, maildrop):
+    p = _pop3s(mailfront)
+    p.user(POP_USER)
+    p.pass_(users[POP_USER])
+
+    def retr(n: int) -> bytes:
+        return b"\r\n".join(p.retr(n)[1]) + b"\r\n"
+
+    assert retr(1) == maildrop[0]  # message 2 is now read ahead
+    p.dele(2)
+    with pytest.raises(poplib.error_proto, match="deleted"):
+        p.retr(2)
+    p.rset()
+    assert retr(2) == maildrop[1]  # the read-ahead was dropped at DELE time or discarded now: streamed again
+    assert retr(1) == maildrop[0]  # message 2 read ahead again, then message 1 asked for instead
+    assert p.top(2, 1)[1][-1] == b"line 1"
+    assert retr(2) == maildrop[1]
+    assert retr(3) == maildrop[2]  # too big to read ahead: streamed
+    p.dele(3)
+    p.quit()
+    assert _inbox_subjects(dovecot, users) == ["one", "two"]
+
+
 def test_rset_undoes_and_a_dropped_connection_deletes_nothing(mailfront, users, dovecot, maildrop):
     p = _pop3s(mailfront)
     p.user(POP_USER)

@@ -43,8 +43,12 @@ class Pop3Maildrop:
     """
 
     def __init__(self, store, *, folder: str = "INBOX", max_line: int = 512, chunk_size: int = 65536,
-                 on_update: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_update: Callable[[], Awaitable[None]] | None = None, read_ahead: int = 0) -> None:
         self.store = store
+        # After a RETR, the next message is fetched (already dot-stuffed) while the client reads this one,
+        # if it is at most this many octets; 0 turns that off. Larger messages always stream.
+        self.read_ahead = read_ahead
+        self._ahead: tuple[int, asyncio.Task[bytes | None]] | None = None
         self.on_update = on_update  # run after QUIT's expunge, before its +OK: where RFC 1939 releases the lock
         self.folder = folder
         self.max_line = max_line
@@ -77,6 +81,13 @@ class Pop3Maildrop:
         ("write-timeout"), so a stuck client cannot hold the session and its maildrop lock for ever.
         """
         self._idle_timeout = idle_timeout
+        try:
+            return await self._serve(reader, writer, pending, idle_timeout)
+        finally:
+            await self._settle_ahead()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: bytes,
+                     idle_timeout: float) -> str:
         buf = pending
         while True:
             line, sep, rest = buf.partition(b"\n")
@@ -207,7 +218,60 @@ class Pop3Maildrop:
         i = self._number(args[0])
         if isinstance(i, bytes):
             return await self._send(writer, i)
-        await self._stream(writer, i, b"+OK %d octets\r\n" % self._sizes[i], DotStuffer())
+        head = b"+OK %d octets\r\n" % self._sizes[i]
+        ready = await self._settle_ahead(i)
+        if ready is not None:
+            writer.write(head + ready)  # drained below, once the next read-ahead is under way
+        else:
+            await self._stream(writer, i, head, DotStuffer())
+        self._start_ahead(i + 1)
+        await self._send(writer, b"")
+
+    # --- read-ahead: one small message fetched while the client reads the previous one -------------------
+
+    def _start_ahead(self, i: int) -> None:
+        if not self.read_ahead:
+            return
+        while i < len(self._uids) and self._deleted[i]:
+            i += 1
+        if i < len(self._uids) and self._sizes[i] <= self.read_ahead:
+            self._ahead = (i, asyncio.ensure_future(self._fetch_stuffed(i)))
+
+    async def _fetch_stuffed(self, i: int) -> bytes | None:
+        """Message ``i`` as a RETR body (stuffed, with the final "."), or None if it is not worth keeping."""
+        stuffer, parts, size = DotStuffer(), [], 0
+        messages = self.store.stream_message(self.folder, self._uids[i], self.chunk_size)
+        try:
+            async for chunk in messages:
+                size += len(chunk)
+                if size > self.read_ahead + self.chunk_size:  # bigger than listed: let RETR stream it
+                    return None
+                parts.append(stuffer.feed(chunk))
+        finally:
+            await messages.aclose()
+        parts.append(stuffer.finish())
+        return b"".join(parts)
+
+    async def _settle_ahead(self, want: int = -1) -> bytes | None:
+        """Wait for the read-ahead (the store serves one request at a time) and return it if it is message ``want``.
+
+        It is awaited, not cancelled: cancelling mid-literal would cost the back-end connection. Any
+        failure is forgotten here; the RETR that streams the message instead meets and reports it.
+        """
+        if self._ahead is None:
+            return None
+        i, task = self._ahead
+        self._ahead = None
+        try:
+            data = await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            return None
+        except Exception as exc:
+            log.debug("pop3 read-ahead failed: %s", exc, extra={"event": "pop3-backend"})
+            return None
+        return data if i == want and not self._deleted[i] else None
 
     async def _top(self, writer, args):
         i = self._number(args[0])
@@ -215,6 +279,7 @@ class Pop3Maildrop:
             return await self._send(writer, i)
         if not args[1].isdigit() or len(args[1]) > 10:
             return await self._send(writer, b"-ERR invalid line count\r\n")
+        await self._settle_ahead()
         await self._stream(writer, i, b"+OK top of message follows\r\n", DotStuffer(int(args[1])))
 
     async def _dele(self, writer, args):
@@ -238,6 +303,7 @@ class Pop3Maildrop:
         await self._send(writer, capa_reply(capabilities()))
 
     async def _quit(self, writer, args):
+        await self._settle_ahead()
         doomed = [uid for uid, gone in zip(self._uids, self._deleted) if gone]
         if doomed:
             try:

@@ -43,7 +43,8 @@ class Pop3Service:
             stack.push_async_callback(self.locks.release, user.address)
             session.user = user.address
             maildrop = Pop3Maildrop(store, folder=self.settings.folder, max_line=self.settings.max_line,
-                                    on_update=lambda: self.locks.release(user.address))
+                                    on_update=lambda: self.locks.release(user.address),
+                                    read_ahead=self.settings.read_ahead)
             try:
                 greeting = await maildrop.open()
             except (BackendUnavailable, BackendError) as exc:
