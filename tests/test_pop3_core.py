@@ -960,6 +960,48 @@ async def test_lock_of_a_crashed_node_expires(state_opener, state_clock):
     assert await survivor.acquire("carol@example.test")
 
 
+async def test_held_locks_are_renewed_and_released_ones_are_not(state_opener, state_clock):
+    node_a = MaildropLocks(await state_opener(), ttl=900)
+    node_b = MaildropLocks(await state_opener(), ttl=900)
+    assert await node_a.acquire("erin@example.test") and await node_a.acquire("frank@example.test")
+    await node_a.release("frank@example.test")
+    state_clock.advance(600)
+    await node_a.renew()
+    state_clock.advance(600)  # 1,200 s after it was taken, 600 s after the renewal
+    assert not await node_b.acquire("erin@example.test")
+    assert await node_b.acquire("frank@example.test")  # released: not renewed back into existence
+    state_clock.advance(301)
+    assert await node_b.acquire("erin@example.test")  # node a stopped renewing (say it crashed): it expires
+    await node_a.release("erin@example.test")
+    await node_b.release("erin@example.test")
+
+
+async def test_a_node_renews_its_locks_by_itself():
+    class CountingState:
+        def __init__(self):
+            self.sets: list[tuple[str, float]] = []
+
+        async def kv_incr(self, ns, key, ttl=None):
+            return 1
+
+        async def kv_set(self, ns, key, value, ttl=None):
+            self.sets.append((key, ttl))
+
+        async def kv_delete(self, ns, key):
+            return True
+
+    state = CountingState()
+    locks = MaildropLocks(state, ttl=0.06)
+    assert await locks.acquire("gina@example.test")
+    await asyncio.sleep(0.1)
+    assert ("gina@example.test", 0.06) in state.sets
+    await locks.release("gina@example.test")
+    await asyncio.sleep(0.05)
+    renewed = len(state.sets)
+    await asyncio.sleep(0.1)
+    assert len(state.sets) == renewed and locks._renewer.done()  # nothing held: the task ended
+
+
 async def test_concurrent_acquires_on_one_node():
     class SlowState:
         def __init__(self):

@@ -342,11 +342,11 @@ class MaildropLocks:
     A user is held in an in-process set (so a second session on this node is
     refused without a round trip) and as a counter in the shared state store:
     the first ``kv_incr`` returns 1 and wins, any other node sees more. The
-    counter expires ``ttl`` seconds after it was taken, so a node that crashed
-    while holding locks does not lock those users out for good; a session that
-    outlives the ttl loses its cross-node protection, so the ttl should exceed
-    the longest session expected. Pass a canonical login (the directory's),
-    not what the client typed.
+    counter expires ``ttl`` seconds after it was last renewed, so a node that
+    crashed while holding locks does not lock those users out for good. While
+    a node holds locks, one task renews them all every third of the ttl, so a
+    long session keeps its lock. Pass a canonical login (the directory's), not
+    what the client typed.
     """
 
     NAMESPACE = "pop3-lock"
@@ -355,6 +355,7 @@ class MaildropLocks:
         self.state = state_store
         self.ttl = ttl
         self._held: set[str] = set()
+        self._renewer: asyncio.Task | None = None
 
     async def acquire(self, user: str) -> bool:
         key = user.casefold()
@@ -368,18 +369,38 @@ class MaildropLocks:
             raise
         if not won:
             self._held.discard(key)
+        elif self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_while_held())
         return won
+
+    async def renew(self) -> None:
+        """Push every lock this node holds ``ttl`` seconds into the future (the counter goes back to 1,
+        which only a holder may do: refused attempts elsewhere have already been answered)."""
+        for key in list(self._held):
+            if key not in self._held:  # released while an earlier one was being renewed
+                continue
+            try:
+                await self.state.kv_set(self.NAMESPACE, key, b"1", self.ttl)
+                if key not in self._held:  # released meanwhile: its delete may have gone first
+                    await self.state.kv_delete(self.NAMESPACE, key)
+            except Exception:
+                log.warning("pop3 lock of %s not renewed; retrying", key, exc_info=True,
+                            extra={"event": "pop3-lock"})
+
+    async def _renew_while_held(self) -> None:
+        while self._held:
+            await asyncio.sleep(self.ttl / 3)
+            await self.renew()
 
     async def release(self, user: str) -> None:
         """Give the lock back; if the state store cannot be reached the counter's ttl frees it later."""
         key = user.casefold()
         if key not in self._held:
             return
+        self._held.discard(key)  # first: a renewal must not bring it back
         try:
             # Shielded: a shutdown that cancels the session must not cancel the release half-way.
             await asyncio.shield(self.state.kv_delete(self.NAMESPACE, key))
         except Exception:
             log.warning("pop3 lock of %s not released; it expires by itself", user, exc_info=True,
                         extra={"event": "pop3-lock"})
-        finally:
-            self._held.discard(key)
