@@ -1,8 +1,10 @@
 """The IMAP and POP3 front doors: accept, PROXY header, TLS, connection limits, the pre-login dialogue.
 
-Each listener runs its own accept loop so that a PROXY protocol header can be
-read off the bare socket (peeked, then consumed to the byte) before TLS or any
-stream exists. The pre-login dialogue is a pure core (``gateway.imap.preauth``,
+A listener that may receive PROXY protocol headers, or that starts with TLS,
+runs its own accept loop, so that the header can be read off the bare socket
+(peeked, then consumed to the byte) before TLS or any stream exists. A plain
+listener without PROXY senders is an ordinary asyncio server: the event loop
+accepts and the greeting goes out one loop turn later. The pre-login dialogue is a pure core (``gateway.imap.preauth``,
 ``gateway.pop3.preauth``); when it hands over a login, the protocol's
 ``LoginHandler`` checks it and takes the connection over (IMAP: a byte relay to
 the back end; POP3: the maildrop translated through the MailStore).
@@ -29,6 +31,23 @@ from .proxyproto import ProxyHeaderError, read_proxy_header, trusted
 log = logging.getLogger("casgate.session")
 
 READ_SIZE = 16384
+
+
+class _Accepted(asyncio.StreamReaderProtocol):
+    """A connection accepted by the event loop on a plain listener: streams made here, dialogue in a task."""
+
+    def __init__(self, front: "MailFront", listener: str) -> None:
+        self._front, self._listener = front, listener
+        self._front_reader = asyncio.StreamReader(limit=64 * 1024)
+        super().__init__(self._front_reader)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        writer = FrontWriter(transport, self, self._front_reader, loop)  # type: ignore[arg-type]
+        peername = transport.get_extra_info("peername")
+        peer = _normal_ip(peername[0] if peername else "")
+        self._front._start(self._front._serve(self._listener, self._front_reader, writer, peer, peer, False))
 
 
 class FrontWriter(DetachableWriter):
@@ -96,6 +115,8 @@ async def checked_login(session: ClientSession, request: LoginRequest, login: Ca
 
 
 def _normal_ip(ip: str) -> str:
+    if ":" not in ip:  # IPv4 as the kernel prints it: already normal (the slow parse below is for IPv6)
+        return ip
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
@@ -106,6 +127,8 @@ def _normal_ip(ip: str) -> str:
 
 
 def _is_loopback(ip: str) -> bool:
+    if ":" not in ip:
+        return ip.startswith("127.")  # 127.0.0.0/8, for an address _normal_ip passed through
     try:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
@@ -131,15 +154,27 @@ class MailFront:
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self._accepting: list[asyncio.Task] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._gauges: dict[str, tuple] = {}  # listener -> its labelled metrics, looked up once
 
     async def listen(self, name: str, host: str, port: int, implicit_tls: bool) -> int:
         """Open a listening socket and start accepting; returns the bound port."""
         sock = socket.create_server((host, port), backlog=1024, reuse_port=False,
                                     family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setblocking(False)
-        self._sockets.append(sock)
-        self._accepting.append(asyncio.ensure_future(self._accept(name, sock, implicit_tls)))
-        return sock.getsockname()[1]
+        bound = sock.getsockname()[1]
+        if implicit_tls or self.proxies:
+            self._sockets.append(sock)
+            self._accepting.append(asyncio.ensure_future(self._accept(name, sock, implicit_tls)))
+        else:
+            loop = asyncio.get_running_loop()
+            self._servers.append(await loop.create_server(lambda: _Accepted(self, name), sock=sock, backlog=1024))
+        return bound
+
+    def _start(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, name: str, sock: socket.socket, implicit_tls: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -152,15 +187,16 @@ class MailFront:
                 log.warning("accept failed", extra={"event": "accept-error", "listener": name, "error": str(exc)})
                 await asyncio.sleep(0.1)  # e.g. out of file descriptors: do not spin
                 continue
-            task = asyncio.ensure_future(self._connection(name, conn, addr[0], implicit_tls))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(self._connection(name, conn, addr[0], implicit_tls))
 
     async def close(self) -> None:
         for task in self._accepting:
             task.cancel()
         for sock in self._sockets:
             sock.close()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._accepting, *self._tasks, return_exceptions=True)
@@ -180,12 +216,18 @@ class MailFront:
                                        "end": f"setup-failed: {type(exc).__name__}: {exc}"[:200]})
             conn.close()
             return
+        await self._serve(name, reader, writer, peer, client_ip, implicit_tls)
+
+    async def _serve(self, name: str, reader: asyncio.StreamReader, writer: FrontWriter, peer: str, client_ip: str,
+                     implicit_tls: bool) -> None:
         self.active += 1
         self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
-        gauge = self.metrics.connections.labels(name) if self.metrics else None
+        gauge, total = self._gauges.get(name) or self._gauges.setdefault(name, (
+            self.metrics.connections.labels(name), self.metrics.connections_total.labels(name))
+            if self.metrics else (None, None))
         if gauge:
             gauge.inc()
-            self.metrics.connections_total.labels(name).inc()
+            total.inc()
         allow_plain = self.settings.allow_plaintext_loopback and _is_loopback(peer) and _is_loopback(client_ip)
         core = self.make_core(implicit_tls, self.limits, allow_plain)
         session = ClientSession(name, client_ip, reader, writer, implicit_tls, core)
