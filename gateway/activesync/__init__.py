@@ -1,0 +1,1 @@
+"""Exchange ActiveSync: the WBXML codec (MS-ASWBXML) and, later, the command handlers built on it."""
