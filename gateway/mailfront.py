@@ -47,7 +47,9 @@ class _Accepted(asyncio.StreamReaderProtocol):
         writer = FrontWriter(transport, self, self._front_reader, loop)  # type: ignore[arg-type]
         peername = transport.get_extra_info("peername")
         peer = _normal_ip(peername[0] if peername else "")
-        self._front._start(self._front._serve(self._listener, self._front_reader, writer, peer, peer, False))
+        front = self._front
+        session, refused = front._open(self._listener, self._front_reader, writer, peer, peer, False)
+        front._start(front._run(session, refused))  # the greeting (or refusal) is already on its way
 
 
 class FrontWriter(DetachableWriter):
@@ -220,6 +222,11 @@ class MailFront:
 
     async def _serve(self, name: str, reader: asyncio.StreamReader, writer: FrontWriter, peer: str, client_ip: str,
                      implicit_tls: bool) -> None:
+        await self._run(*self._open(name, reader, writer, peer, client_ip, implicit_tls))
+
+    def _open(self, name: str, reader: asyncio.StreamReader, writer: FrontWriter, peer: str, client_ip: str,
+              implicit_tls: bool) -> tuple[ClientSession, str | None]:
+        """Count the connection in, make its session and write the greeting, or the refusal if over a limit."""
         self.active += 1
         self.per_ip[client_ip] = self.per_ip.get(client_ip, 0) + 1
         gauge, total = self._gauges.get(name) or self._gauges.setdefault(name, (
@@ -248,8 +255,18 @@ class MailFront:
                 gauge.dec()
 
         session.release = release
+        refused = self._admit_after_count(client_ip)
+        if refused:
+            session.end = f"too-many-connections ({refused})"
+            writer.write(self.refusal(refused))
+        else:
+            writer.write(core.greeting())
+        return session, refused
+
+    async def _run(self, session: ClientSession, refused: str | None) -> None:
+        name, client_ip, writer = session.listener, session.client_ip, session.writer
         try:
-            await self._dialogue(session, refused=self._admit_after_count(client_ip))
+            await self._dialogue(session, refused)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             session.end = type(exc).__name__
         except asyncio.CancelledError:
@@ -259,7 +276,7 @@ class MailFront:
             session.end = "error"
         finally:
             if not session.handed_off:
-                release()
+                session.release()
                 log.info("session", extra={"event": "session", "listener": name, "client": client_ip,
                                            **({"user": session.user} if session.user else {}), "end": session.end,
                                            "seconds": round(time.monotonic() - session.opened, 3)})
@@ -285,13 +302,9 @@ class MailFront:
 
     async def _dialogue(self, session: ClientSession, refused: str | None) -> None:
         writer, reader, core = session.writer, session.reader, session.core
+        await writer.drain()  # the greeting or refusal written by _open
         if refused:
-            session.end = f"too-many-connections ({refused})"
-            writer.write(self.refusal(refused))
-            await writer.drain()
             return
-        writer.write(core.greeting())
-        await writer.drain()
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(READ_SIZE), self.settings.preauth_timeout)
