@@ -104,6 +104,15 @@ def _hide(ev: BusyEvent) -> BusyEvent:
     return dataclasses.replace(ev, subject=None, location=None, uid="")
 
 
+def _dav_timeout(backend_timeout: float, lookup_timeout: float) -> float:
+    """The socket timeout of a DAV store serving lookups bounded by ``lookup_timeout``.
+
+    A little longer than the lookup's own: equal clocks raced, and under load the thread's socket
+    timeout could fire first and report a slow calendar as "unavailable" instead of "timeout".
+    """
+    return min(backend_timeout, lookup_timeout + 1.0)
+
+
 class AvailabilityService:
     """Free/busy of many mailboxes for one requester; calendars are read with each back end's service account.
 
@@ -293,7 +302,8 @@ class AvailabilityService:
             executor = ThreadPoolExecutor(DAV_THREADS, thread_name_prefix=f"freebusy-{name}")
             # The blocking DAV call cannot be cancelled; its own timeout frees the thread soon after ours fires.
             store = CalDavCalendarStore(b.url, login, self._config.path(ca) if ca else None,
-                                        min(b.timeout, self._config.availability.timeout), executor, DAV_THREADS)
+                                        _dav_timeout(b.timeout, self._config.availability.timeout), executor,
+                                        DAV_THREADS)
             dav = self._dav[key] = _Dav(store, executor)
         return dav
 
@@ -325,7 +335,7 @@ class AvailabilityService:
                 ca = b.ca_file or self._config.tls.ca_file
                 async with AsyncExitStack() as stack:
                     store = CalDavCalendarStore(b.url, login, self._config.path(ca) if ca else None,
-                                                min(b.timeout, av.timeout))
+                                                _dav_timeout(b.timeout, av.timeout))
                     await store.start(stack)
                     tags, found = await self._read(store, home, key, start, end)
             if isinstance(found, _Cached):
