@@ -133,14 +133,12 @@ def _medians(out: Path) -> dict[str, dict[str, float]]:
     return med
 
 
-def _idle(out: Path, label: str, group: str | None = None) -> float | None:
-    f = out / f"idle-{label}.json"
+def _idle(f: Path, group: str) -> float | None:
+    """RSS KB per held connection of one process group in a bench_imap.py --mode idle result file."""
     if not f.exists():
         return None
     groups = (json.loads(f.read_text())["tests"].get("idle") or {}).get("groups", {})
-    if group:
-        return groups.get(group, {}).get("rss_kb_per_conn")
-    return None
+    return groups.get(group, {}).get("rss_kb_per_conn")
 
 
 def run(env, opts: Options, progress: Progress) -> dict:
@@ -194,12 +192,9 @@ def run(env, opts: Options, progress: Progress) -> dict:
             ["python3", "bench_imap.py", HOST, str(ports["imap"]), "--mode", "idle", "--starttls",
              "--label", "gateway-tls", "--json", str(tls_out), "--mem-pid", f"gateway={proc.pid}"], log)
         med = _medians(out)
-        idle_plain = _idle(out, "gateway", "gateway")
-        idle_nginx = _idle(out, "nginx", "nginx_all")  # master and workers, as casgate's whole process
-        idle_tls = None
-        if tls_out.exists():
-            idle_tls = ((json.loads(tls_out.read_text())["tests"].get("idle") or {}).get("groups", {})
-                        .get("gateway", {}).get("rss_kb_per_conn"))
+        idle_plain = _idle(out / "idle-gateway.json", "gateway")
+        idle_nginx = _idle(out / "idle-nginx.json", "nginx_all")  # master and workers, as casgate's whole process
+        idle_tls = _idle(tls_out, "gateway")
         summary = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
         keep = ROOT / "bench" / "results" / "imap_front_peers"  # raw per-target JSON, kept for later reading
         shutil.rmtree(keep, ignore_errors=True)

@@ -31,6 +31,7 @@ from .proxyproto import ProxyHeaderError, read_proxy_header, trusted
 log = logging.getLogger("casgate.session")
 
 READ_SIZE = 16384
+READER_LIMIT = 64 * 1024  # a client stream's buffer limit; the cores bound lines and literals themselves
 
 
 class _Accepted(asyncio.StreamReaderProtocol):
@@ -38,7 +39,7 @@ class _Accepted(asyncio.StreamReaderProtocol):
 
     def __init__(self, front: "MailFront", listener: str) -> None:
         self._front, self._listener = front, listener
-        self._front_reader = asyncio.StreamReader(limit=64 * 1024)
+        self._front_reader = asyncio.StreamReader(limit=READER_LIMIT)
         super().__init__(self._front_reader)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,9 +141,8 @@ def _is_loopback(ip: str) -> bool:
 class MailFront:
     """One protocol's listeners (plain and implicit TLS) and the limits they share."""
 
-    def __init__(self, protocol: str, settings: ImapFrontConfig, make_core: CoreFactory, on_login: LoginHandler,
+    def __init__(self, settings: ImapFrontConfig, make_core: CoreFactory, on_login: LoginHandler,
                  ssl_context: ssl.SSLContext, metrics: Metrics | None = None) -> None:
-        self.protocol = protocol
         self.settings = settings
         self.make_core = make_core
         self.on_login = on_login
@@ -218,10 +218,6 @@ class MailFront:
                                        "end": f"setup-failed: {type(exc).__name__}: {exc}"[:200]})
             conn.close()
             return
-        await self._serve(name, reader, writer, peer, client_ip, implicit_tls)
-
-    async def _serve(self, name: str, reader: asyncio.StreamReader, writer: FrontWriter, peer: str, client_ip: str,
-                     implicit_tls: bool) -> None:
         await self._run(*self._open(name, reader, writer, peer, client_ip, implicit_tls))
 
     def _open(self, name: str, reader: asyncio.StreamReader, writer: FrontWriter, peer: str, client_ip: str,
@@ -258,7 +254,7 @@ class MailFront:
         refused = self._admit_after_count(client_ip)
         if refused:
             session.end = f"too-many-connections ({refused})"
-            writer.write(self.refusal(refused))
+            writer.write(core.refusal(refused))
         else:
             writer.write(core.greeting())
         return session, refused
@@ -293,7 +289,7 @@ class MailFront:
 
     async def _streams(self, conn: socket.socket, implicit_tls: bool) -> tuple[asyncio.StreamReader, FrontWriter]:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
+        reader = asyncio.StreamReader(limit=READER_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, conn, ssl=self.ssl_context if implicit_tls else None,
@@ -310,7 +306,7 @@ class MailFront:
                 data = await asyncio.wait_for(reader.read(READ_SIZE), self.settings.preauth_timeout)
             except asyncio.TimeoutError:
                 session.end = "idle-timeout"
-                writer.write(self.timeout_notice())
+                writer.write(core.timeout_notice())
                 return
             if not data:
                 session.end = "eof"
@@ -342,14 +338,3 @@ class MailFront:
                 session.end = "closed"
         await writer.drain()
         return False
-
-    def refusal(self, why: str) -> bytes:
-        what = "this server" if why == "server" else "your address"
-        if self.protocol == "imap":
-            return f"* BYE [UNAVAILABLE] too many connections to {what}, try again later\r\n".encode()
-        return f"-ERR [SYS/TEMP] too many connections to {what}, try again later\r\n".encode()
-
-    def timeout_notice(self) -> bytes:
-        if self.protocol == "imap":
-            return b"* BYE autologout: idle for too long\r\n"
-        return b"-ERR autologout: idle for too long\r\n"

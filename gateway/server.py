@@ -84,9 +84,9 @@ class Listeners:
     async def _start_mail_fronts(self, host: str) -> None:
         cfg, ctx = self.ctx.config, self.ctx
         self.imap_proxy = ImapProxy(ctx)
-        imap = MailFront("imap", cfg.imap, lambda tls_on, limits, plain: ImapPreAuth(
+        imap = MailFront(cfg.imap, lambda tls_on, limits, plain: ImapPreAuth(
             tls_on, limits=limits, allow_plaintext=plain), self.imap_proxy.login, ctx.ssl_context, ctx.metrics)
-        pop3 = MailFront("pop3", cfg.pop3, lambda tls_on, limits, plain: Pop3PreAuth(
+        pop3 = MailFront(cfg.pop3, lambda tls_on, limits, plain: Pop3PreAuth(
             tls_on, limits=limits, allow_plaintext=plain), Pop3Service(ctx).login, ctx.ssl_context, ctx.metrics)
         self.fronts += [imap, pop3]
         for name, front, port, implicit in [("imap", imap, cfg.server.imap_port, False),

@@ -147,6 +147,13 @@ class ImapPreAuth:
     def greeting(self) -> bytes:
         return f"* OK [CAPABILITY {self.capabilities()}] casgate ready\r\n".encode()
 
+    def refusal(self, why: str) -> bytes:
+        what = "this server" if why == "server" else "your address"
+        return f"* BYE [UNAVAILABLE] too many connections to {what}, try again later\r\n".encode()
+
+    def timeout_notice(self) -> bytes:
+        return b"* BYE autologout: idle for too long\r\n"
+
     def tls_started(self) -> None:
         self.tls_active = True
         self.starttls_available = False

@@ -220,12 +220,12 @@ class Pop3Maildrop:
             return await self._send(writer, i)
         head = b"+OK %d octets\r\n" % self._sizes[i]
         ready = await self._settle_ahead(i)
-        if ready is not None:
-            writer.write(head + ready)  # drained below, once the next read-ahead is under way
-        else:
+        if ready is None:
             await self._stream(writer, i, head, DotStuffer())
-        self._start_ahead(i + 1)
-        await self._send(writer, b"")
+            self._start_ahead(i + 1)
+        else:
+            self._start_ahead(i + 1)  # first: the next fetch overlaps this write's drain
+            await self._send(writer, head + ready)
 
     # --- read-ahead: one small message fetched while the client reads the previous one -------------------
 

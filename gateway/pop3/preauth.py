@@ -91,6 +91,13 @@ class Pop3PreAuth:
     def greeting(self) -> bytes:
         return b"+OK casgate POP3 ready\r\n"
 
+    def refusal(self, why: str) -> bytes:
+        what = "this server" if why == "server" else "your address"
+        return f"-ERR [SYS/TEMP] too many connections to {what}, try again later\r\n".encode()
+
+    def timeout_notice(self) -> bytes:
+        return b"-ERR autologout: idle for too long\r\n"
+
     def tls_started(self) -> None:
         self.tls_active = True
         self.stls_available = False
