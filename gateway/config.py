@@ -125,8 +125,8 @@ def _networks(v: list[str]) -> str | None:
 
 
 @dataclass(frozen=True)
-class ImapFrontConfig:
-    """IMAP4 front end (Exchange: Set-ImapSettings); [pop3] has the same keys."""
+class MailFrontConfig:
+    """The keys [imap] and [pop3] share."""
 
     allow_plaintext_loopback: bool = _opt(False, "Accept logins without TLS from loopback clients (127.0.0.0/8, "
                                                  "::1), e.g. a local webmail or benchmark; otherwise plain "
@@ -152,7 +152,19 @@ class ImapFrontConfig:
 
 
 @dataclass(frozen=True)
-class Pop3FrontConfig(ImapFrontConfig):
+class ImapFrontConfig(MailFrontConfig):
+    """IMAP4 front end (Exchange: Set-ImapSettings)."""
+
+    backend_spares: int = _opt(1, "Connections to each IMAP back end kept opened, secured and greeted ahead of "
+                                  "the next login, so that login skips the connect and the TLS handshake; one "
+                                  "is opened each time one is taken (0: never).", check=_non_negative)
+    backend_spare_age: float = _opt(20.0, "Seconds an unused spare connection is kept before it is logged out "
+                                          "(keep it below the back end's own pre-login timeout; Dovecot's is "
+                                          "60 s or more). A quiet gateway holds none.", check=_positive)
+
+
+@dataclass(frozen=True)
+class Pop3FrontConfig(MailFrontConfig):
     """POP3 front end (Exchange: Set-PopSettings)."""
 
     idle_timeout: float = _opt(600.0, "Seconds a logged-in session may stay silent (RFC 1939: at least 10 "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from adapters.imap.connect import DetachableWriter
 
-from .config import ImapFrontConfig
+from .config import MailFrontConfig
 from .lineproto import FrontLimits, LineCore, LoginRequest, Reply
 from .metrics import Metrics
 from .proxyproto import ProxyHeaderError, read_proxy_header, trusted
@@ -141,7 +141,7 @@ def _is_loopback(ip: str) -> bool:
 class MailFront:
     """One protocol's listeners (plain and implicit TLS) and the limits they share."""
 
-    def __init__(self, settings: ImapFrontConfig, make_core: CoreFactory, on_login: LoginHandler,
+    def __init__(self, settings: MailFrontConfig, make_core: CoreFactory, on_login: LoginHandler,
                  ssl_context: ssl.SSLContext, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.make_core = make_core

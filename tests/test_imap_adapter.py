@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable, Conflict, InvalidData, NotFound
-from adapters.imap import ImapConnection, ImapEndpoint, ImapMailStore, check_login, wire
+from adapters.imap import ImapConnection, ImapEndpoint, ImapMailStore, check_login, connect, wire
 from adapters.interfaces import Credentials, MailStore
 from gateway import tls
 from gateway.demo.procs import free_port
@@ -311,3 +311,104 @@ async def test_calling_the_store_from_inside_its_own_stream_fails_instead_of_han
                     await store.list_messages("INBOX")
         assert b"".join(got) == raw  # the stream itself went on unharmed
         await store.expunge("INBOX", [uid])
+
+
+# -- spare back-end connections (adapters/imap/connect.py SparePool) -------------------------------------------------
+
+async def _until(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def _noop(session) -> bytes:
+    session.writer.write(b"n1 NOOP\r\n")
+    while not (line := await session.reader.readline()).startswith(b"n1 "):
+        pass
+    return line
+
+
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+async def test_a_login_uses_the_spare_the_previous_one_left(dovecot, certs, users, mode):
+    pool = connect.SparePool(spares=1, max_age=30)
+    ep = _ep(dovecot, certs, mode)
+    creds = Credentials("alice@example.test", users["alice@example.test"])
+    try:
+        first = await connect.open_session(ep, creds, "192.0.2.20", spares=pool)
+        assert (pool.hits, pool.misses) == (0, 1)
+        await _until(lambda: pool.held(ep) == 1)
+        second = await connect.open_session(ep, creds, "192.0.2.20", spares=pool)
+        assert (pool.hits, pool.misses) == (1, 1)
+        assert "CONDSTORE" in second.caps  # logged in: post-login capabilities
+        for s in (first, second):
+            assert (await _noop(s)).startswith(b"n1 OK")
+            s.close()
+        await _until(lambda: pool.held(ep) == 1)  # the second login asked for the next spare
+    finally:
+        pool.close()
+    assert pool.held(ep) == 0
+
+
+async def test_a_wrong_password_on_a_spare_is_still_refused(dovecot, certs, users):
+    pool = connect.SparePool(spares=1, max_age=30)
+    ep = _ep(dovecot, certs)
+    try:
+        pool.take(ep)
+        await _until(lambda: pool.held(ep) == 1)
+        with pytest.raises(AuthenticationFailed):
+            await connect.open_session(ep, Credentials("alice@example.test", "wrong"), "192.0.2.21", spares=pool)
+        assert pool.hits == 1
+    finally:
+        pool.close()
+
+
+async def test_spares_expire_and_a_quiet_pool_holds_nothing(dovecot, certs, users):
+    pool = connect.SparePool(spares=2, max_age=0.3)
+    ep = _ep(dovecot, certs)
+    try:
+        assert pool.take(ep) is None
+        await _until(lambda: pool.held(ep) == 2)
+        await _until(lambda: pool.held(ep) == 0)
+        await asyncio.sleep(0.5)
+        assert pool.held(ep) == 0  # expiry does not refill
+    finally:
+        pool.close()
+
+
+async def test_a_spare_that_died_is_replaced_by_a_fresh_connection(dovecot, certs, users, monkeypatch):
+    pool = connect.SparePool(spares=1, max_age=30)
+    ep = _ep(dovecot, certs)
+    creds = Credentials("alice@example.test", users["alice@example.test"])
+    try:
+        pool.take(ep)
+        await _until(lambda: pool.held(ep) == 1)
+        conn, _ = pool._ready[ep][0]
+        conn.writer.transport.abort()
+        # Seen dead: skipped at once.
+        session = await connect.open_session(ep, creds, spares=pool)
+        assert pool.misses == 2 and pool.hits == 0
+        session.close()
+        await _until(lambda: pool.held(ep) == 1)
+        # Died unseen (the loop has not yet noticed): the login falls back to a fresh connection.
+        monkeypatch.setattr(connect, "_usable", lambda conn: True)
+        conn, _ = pool._ready[ep][0]
+        conn.writer.transport.abort()
+        session = await connect.open_session(ep, creds, spares=pool)
+        assert pool.hits == 1
+        assert (await _noop(session)).startswith(b"n1 OK")
+        session.close()
+    finally:
+        pool.close()
+
+
+async def test_spares_to_a_back_end_that_is_down_are_not_an_error():
+    pool = connect.SparePool(spares=1, max_age=30)
+    ep = ImapEndpoint("127.0.0.1", free_port(), "none", timeout=2)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await connect.open_session(ep, Credentials("a", "b"), spares=pool)
+        await asyncio.sleep(0.2)
+        assert pool.held(ep) == 0 and pool._opening.get(ep) == 0
+    finally:
+        pool.close()

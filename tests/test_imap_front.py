@@ -76,6 +76,30 @@ def test_tagged_ok_carries_the_back_ends_capabilities(mailfront, users):
     c.close()
 
 
+def _spares(gw) -> dict[str, float]:
+    import re
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=str(gw.certs.ca_cert))
+    with urllib.request.urlopen(f"https://127.0.0.1:{gw.ports['https']}/metrics", context=ctx, timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r'^casgate_imap_backend_spares_total\{result="(hit|miss)"\} (\S+)$', text, re.M)
+    return {k: float(v) for k, v in found}
+
+
+def test_back_to_back_logins_use_spare_back_end_connections(mailfront, users):
+    before = _spares(mailfront)
+    for i in range(3):
+        m = _imaps(mailfront)
+        m.login(IMAP_USER, users[IMAP_USER])
+        assert m.select("INBOX")[0] == "OK"
+        m.logout()
+        time.sleep(0.2)  # time for the spare to be opened behind the login
+    after = _spares(mailfront)
+    assert after.get("hit", 0) - before.get("hit", 0) >= 2
+    assert after.get("hit", 0) + after.get("miss", 0) - before.get("hit", 0) - before.get("miss", 0) == 3
+
+
 def test_authenticate_plain_with_continuation_and_cancel(mailfront, users):
     c = mailfront.connect("imaps")
     c.line()

@@ -7,6 +7,7 @@ import base64
 import ipaddress
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import AuthenticationFailed, BackendUnavailable, InvalidData
@@ -143,6 +144,103 @@ def originating_ip(client_ip: str | None) -> str | None:
         return None
 
 
+class SparePool:
+    """Back-end connections opened, secured and greeted ahead of the logins that will use them.
+
+    A login through the gateway must otherwise wait for a TCP connect, the back
+    end's greeting and, with TLS, a handshake before it can even send the
+    credentials. Each time a spare is taken (or was wanted and missing), the
+    pool opens another for the next login, so while logins keep coming each
+    finds one ready. A quiet gateway holds nothing: a spare older than
+    ``max_age`` is logged out and closed, and only a login brings a new one.
+    ``spares`` = 0 turns the pool off.
+    """
+
+    def __init__(self, spares: int = 1, max_age: float = 20.0,
+                 on_take: Callable[[bool], None] | None = None) -> None:
+        self.spares = spares
+        self.on_take = on_take  # told True for a hit, False for a miss
+        self.max_age = max_age
+        self._ready: dict[ImapEndpoint, list[tuple[_Conn, asyncio.TimerHandle]]] = {}
+        self._opening: dict[ImapEndpoint, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.hits = self.misses = 0
+
+    def take(self, ep: ImapEndpoint) -> _Conn | None:
+        """A live spare for ``ep``, or None; either way another is started for the next login."""
+        if self.spares <= 0:
+            return None
+        found = None
+        ready = self._ready.get(ep, [])
+        while ready and found is None:
+            conn, timer = ready.pop()
+            timer.cancel()
+            if _usable(conn):
+                found = conn
+            else:
+                conn.close()
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        if self.on_take is not None:
+            self.on_take(found is not None)
+        self._refill(ep)
+        return found
+
+    def held(self, ep: ImapEndpoint) -> int:
+        return len(self._ready.get(ep, ()))
+
+    def _refill(self, ep: ImapEndpoint) -> None:
+        wanted = self.spares - len(self._ready.get(ep, ())) - self._opening.get(ep, 0)
+        for _ in range(wanted):
+            self._opening[ep] = self._opening.get(ep, 0) + 1
+            task = asyncio.ensure_future(self._open_spare(ep))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _open_spare(self, ep: ImapEndpoint) -> None:
+        try:
+            conn = await asyncio.wait_for(_open(ep), ep.timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ssl.SSLError, BackendUnavailable, InvalidData):
+            return  # the login that needs it connects itself and reports the failure
+        finally:
+            self._opening[ep] -= 1
+        timer = asyncio.get_running_loop().call_later(self.max_age, self._expire, ep, conn)
+        self._ready.setdefault(ep, []).append((conn, timer))
+
+    def _expire(self, ep: ImapEndpoint, conn: _Conn) -> None:
+        ready = self._ready.get(ep, [])
+        for i, (held, _) in enumerate(ready):
+            if held is conn:
+                del ready[i]
+                break
+        _leave(conn)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for ready in self._ready.values():
+            for conn, timer in ready:
+                timer.cancel()
+                _leave(conn)
+        self._ready.clear()
+
+
+def _usable(conn: _Conn) -> bool:
+    """Still connected, and the server has said nothing since its greeting (a BYE, say)."""
+    return not (conn.reader.at_eof() or conn.writer.is_closing() or conn.reader._buffer
+                or conn.reader.exception() is not None)
+
+
+def _leave(conn: _Conn) -> None:
+    """Log out politely (the back end logs a clean disconnect, not an aborted one) and close."""
+    if not conn.writer.is_closing():
+        conn.writer.write(b"z LOGOUT\r\n")
+    conn.close()
+
+
 @dataclass
 class BackendSession:
     """An IMAP connection logged in for one user, ready to be relayed or used."""
@@ -157,23 +255,34 @@ class BackendSession:
 
 
 async def open_session(ep: ImapEndpoint, creds: Credentials, client_ip: str | None = None,
-                       authzid: str = "") -> BackendSession:
+                       authzid: str = "", spares: SparePool | None = None) -> BackendSession:
     """Connect, secure and log in; return the authenticated connection.
 
     ``authzid`` logs in as that user with ``creds`` of a master account (SASL
     PLAIN authorization identity). Raises AuthenticationFailed for refused
     credentials and BackendUnavailable when the server cannot be reached or
-    answers with a temporary failure.
+    answers with a temporary failure. With ``spares``, a connection already
+    greeted is used when one is ready.
     """
     try:
-        return await asyncio.wait_for(_open_session(ep, creds, client_ip, authzid), ep.timeout)
+        return await asyncio.wait_for(_open_session(ep, creds, client_ip, authzid, spares), ep.timeout)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
             ssl.SSLError) as exc:
         raise BackendUnavailable(f"IMAP back end {ep.host}:{ep.port}: {type(exc).__name__}") from None
 
 
-async def _open_session(ep: ImapEndpoint, creds: Credentials, client_ip: str | None, authzid: str) -> BackendSession:
-    conn = await _open(ep)
+async def _open_session(ep: ImapEndpoint, creds: Credentials, client_ip: str | None, authzid: str,
+                        spares: SparePool | None) -> BackendSession:
+    conn = spares.take(ep) if spares is not None else None
+    if conn is not None:
+        try:
+            return await _log_in(conn, creds, client_ip, authzid)
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # the spare died unseen (the back end restarted, say): a fresh connection decides
+    return await _log_in(await _open(ep), creds, client_ip, authzid)
+
+
+async def _log_in(conn: _Conn, creds: Credentials, client_ip: str | None, authzid: str) -> BackendSession:
     try:
         if "LOGINDISABLED" in conn.caps and "AUTH=PLAIN" not in conn.caps:
             raise BackendUnavailable("IMAP back end disables LOGIN on this connection (configure TLS)")

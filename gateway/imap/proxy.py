@@ -14,7 +14,7 @@ import logging
 import re
 import time
 
-from adapters.imap.connect import BackendSession, open_session
+from adapters.imap.connect import BackendSession, SparePool, open_session
 from adapters.interfaces import Credentials, UserRecord
 
 from ..context import GatewayContext
@@ -111,6 +111,9 @@ class ImapProxy:
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
         self.idle_timeout = ctx.config.imap.idle_timeout
+        counted = {True: ctx.metrics.imap_spares.labels("hit"), False: ctx.metrics.imap_spares.labels("miss")}
+        self.spares = SparePool(ctx.config.imap.backend_spares, ctx.config.imap.backend_spare_age,
+                                on_take=lambda hit: counted[hit].inc())
         self.relays: set[Relay] = set()
         self._sweeper: asyncio.Task | None = None
 
@@ -133,11 +136,11 @@ class ImapProxy:
             result = await auth.authenticate(request.username, request.password, session.client_ip)
             creds = Credentials(master.master_login, master.master_secret(self.ctx.config))
             opened = await open_session(backends.imap_endpoint(name), creds, session.client_ip,
-                                        authzid=result.user.login)
+                                        authzid=result.user.login, spares=self.spares)
             return result.user, opened
 
         async def attempt(user: UserRecord, backend: str, creds: Credentials) -> BackendSession:
-            return await open_session(backends.imap_endpoint(backend), creds, session.client_ip)
+            return await open_session(backends.imap_endpoint(backend), creds, session.client_ip, spares=self.spares)
 
         return await auth.login_with(request.username, request.password, session.client_ip, attempt)
 
@@ -174,3 +177,4 @@ class ImapProxy:
             relay.close("shutdown", b"* BYE casgate is shutting down\r\n")
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.spares.close()
