@@ -1,4 +1,4 @@
-"""The ``casgate`` command: serve, check, demo, certs, dns and config-help."""
+"""The ``casgate`` command: serve, check, demo, certs, dns, devices and config-help."""
 
 from __future__ import annotations
 
@@ -72,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     dn.add_argument("--domain", required=True, help="mail domain (or alias domain) of the configuration")
     dn.add_argument("-c", "--config", required=True, metavar="FILE", help="casgate.toml to read")
 
+    dv = sub.add_parser("devices", help="list, inspect, wipe, block, allow or remove ActiveSync devices",
+                        description="Act on the ActiveSync partnerships in the state store named by the config. "
+                                    "list [USER]: every device (of USER, or of every user in the directory); "
+                                    "show/wipe/block/allow/remove USER DEVICE_ID: one device. A wipe happens "
+                                    "at the device's next request (it then reports it done); block refuses the "
+                                    "device until allow; remove forgets the partnership and its sync state "
+                                    "(the device sets itself up again at its next request).")
+    dv.add_argument("action", choices=("list", "show", "wipe", "block", "allow", "remove"))
+    dv.add_argument("user", nargs="?", help="the user's address")
+    dv.add_argument("device_id", nargs="?", help="the device's DeviceId")
+    dv.add_argument("--account-only", action="store_true",
+                    help="with wipe: ask a 16.1 device to remove only this account's data (AccountOnlyRemoteWipe)")
+    dv.add_argument("-c", "--config", required=True, metavar="FILE", help="casgate.toml to read")
+
     sub.add_parser("config-help", help="list every config key with its type, default and meaning")
     return p
 
@@ -116,6 +130,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         except LookupError as exc:
             return _fail(str(exc))
         return 0
+    if args.command == "devices":
+        cfg = load(args.config)
+        return asyncio.run(_devices(cfg, args))
     if args.command == "check":
         cfg = load(args.config)
         return asyncio.run(_check(cfg))
@@ -153,6 +170,26 @@ async def _serve(cfg) -> None:
     async with AsyncExitStack() as stack:
         ctx = await open_context(cfg, stack)
         await serve_until(ctx, stop)
+
+
+async def _devices(cfg, args: argparse.Namespace) -> int:
+    from .activesync.admin import DeviceAdminError, act
+    from .services.directory import StaticDirectory
+    from .state import open_store
+    if args.action != "list" and not (args.user and args.device_id):
+        return _fail(f"devices {args.action} needs USER and DEVICE_ID")
+    users = [args.user] if args.user else [u.address for u in StaticDirectory.from_config(cfg).all_users()]
+    st = cfg.state
+    store = open_store(st.backend, path=str(cfg.path(st.path)) if st.backend == "sqlite" else "", dsn=st.dsn,
+                       purge_interval=None)
+    await store.start()
+    try:
+        print(await act(store, args.action, users, args.device_id, args.account_only), end="")
+    except DeviceAdminError as exc:
+        return _fail(str(exc), 1)
+    finally:
+        await store.close()
+    return 0
 
 
 async def _check(cfg) -> int:

@@ -176,6 +176,68 @@ class Pop3FrontConfig(MailFrontConfig):
                                    "memory per session at most.", check=_non_negative)
 
 
+EAS_VERSIONS = ("2.5", "12.0", "12.1", "14.0", "14.1", "16.0", "16.1")
+
+
+def _eas_versions(v: list[str]) -> str | None:
+    bad = [x for x in v if x not in EAS_VERSIONS]
+    if bad:
+        return f"{bad[0]}: must be one of {', '.join(EAS_VERSIONS)}"
+    return "must name at least one version" if not v else None
+
+
+def _policy(v: dict[str, Any]) -> str | None:
+    from .activesync.policy import check_overrides
+    return check_overrides(v)
+
+
+DEVICE_ACCESS = ("allow", "block", "quarantine")
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One device access rule (Exchange: New-ActiveSyncDeviceAccessRule); the first that matches decides."""
+
+    device_type: str = _opt("", "Shell pattern (*, ?) matched against the DeviceType, ignoring case; empty "
+                                "matches any.")
+    user_agent: str = _opt("", "Shell pattern matched against the User-Agent header, ignoring case; empty "
+                               "matches any.")
+    access: str = _opt("allow", "What a matching device gets: allow, block or quarantine (quarantined "
+                                "devices are refused until an administrator allows them).",
+                       check=_one_of(*DEVICE_ACCESS))
+
+
+@dataclass(frozen=True)
+class ActiveSyncConfig:
+    """Exchange ActiveSync at /Microsoft-Server-ActiveSync (Exchange: Set-ActiveSyncMailboxPolicy and friends)."""
+
+    versions: list[str] = _opt(lambda: list(EAS_VERSIONS), "Protocol versions offered to devices (MS-ASProtocol"
+                                                           "Versions); any of " + ", ".join(EAS_VERSIONS) + ".",
+                               factory=True, check=_eas_versions)
+    require_provisioning: bool = _opt(True, "Devices must fetch and acknowledge the policy (Provision) before "
+                                            "they may sync; false lets devices that never provision sync too.")
+    policy: dict[str, Any] = _opt(dict, "Policy settings sent to devices, by their MS-ASPROV names, over the "
+                                        "defaults of Exchange 2010's default mailbox policy, e.g. "
+                                        "{ DevicePasswordEnabled = 1, MinDevicePasswordLength = 6 }.",
+                                  factory=True, check=_policy)
+    max_request_bytes: int = _opt(10 * 1024 * 1024, "Largest request body accepted, in octets (Exchange's "
+                                                    "default is 10 MB); larger ones get HTTP 413.",
+                                  check=_positive)
+    max_window_size: int = _opt(512, "Most items one Sync response carries for one folder (a device asking "
+                                     "for more gets this many).", check=_positive)
+    client_wins_conflicts: bool = _opt(False, "When a device changes an item that also changed on the server "
+                                              "since the device last synced, keep the device's change "
+                                              "(Exchange's default is that the server wins).")
+    device_rules: list[DeviceRule] = _opt(list, "Device access rules, tried in order, e.g. [[activesync."
+                                                "device_rules]] device_type = \"Android*\" access = \"block\". "
+                                                "An administrator's own allow or block of one device "
+                                                "(casgate devices) outranks them.", factory=True)
+    default_access: str = _opt("allow", "Access of a device no rule matches: allow, block or quarantine.",
+                               check=_one_of(*DEVICE_ACCESS))
+    mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
+                                         "last request, so the next sync skips the login.", check=_positive)
+
+
 ACCESS_LEVELS = ("none", "availability", "limited")
 DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 
@@ -385,6 +447,7 @@ class Config:
     autodiscover: AutodiscoverConfig = field(default_factory=AutodiscoverConfig)
     imap: ImapFrontConfig = field(default_factory=ImapFrontConfig)
     pop3: Pop3FrontConfig = field(default_factory=Pop3FrontConfig)
+    activesync: ActiveSyncConfig = field(default_factory=ActiveSyncConfig)
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     #: Folder relative paths in the file are resolved against.
@@ -442,6 +505,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return {k: _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(key, "unsupported type")  # pragma: no cover - schema has no unions
+    if tp is Any:  # checked by the setting's own check
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):

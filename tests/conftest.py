@@ -25,6 +25,9 @@ USERS = {
     # Mailboxes of the IMAP/POP3 front-end tests alone, so their deletions and counts disturb nobody.
     "pop@example.test": "pop-secret-4",
     "imapper@example.test": "imap per \"secret\" 5",
+    # ActiveSync tests: one mailbox for the windows and counts, one for changes both ways.
+    "phone@example.test": "phone-secret-6",
+    "tablet@example.test": "tablet-secret-7",
 }
 
 

@@ -47,6 +47,27 @@ def _summary(d: Data) -> MessageSummary | None:
                           date.decode("ascii", "replace") if type(date) is bytes else None)
 
 
+def _expand(uid_set: str) -> list[int]:
+    out: list[int] = []
+    for part in uid_set.split(","):
+        low, _, high = part.partition(":")
+        a, b = int(low), int(high or low)
+        out.extend(range(min(a, b), max(a, b) + 1))
+    return out
+
+
+def _copyuid(answer: Answer) -> dict[int, int]:
+    """Old UID -> new UID from a COPYUID response code (tagged, or untagged OK as MOVE sends it)."""
+    args = answer.code("COPYUID")
+    if not args or len(args) != 3:
+        return {}
+    try:
+        old, new = _expand(args[1]), _expand(args[2])
+    except ValueError:
+        return {}
+    return dict(zip(old, new)) if len(old) == len(new) and len(old) < 1_000_000 else {}
+
+
 def _body_in(answer: Answer, folder: str, uid: int) -> bytes:
     for d in answer.data("FETCH"):
         a = d.attrs()
@@ -187,6 +208,11 @@ class ImapMailStore:
 
     async def status(self, folder: str) -> FolderStatus:
         conn = await self._session()
+        if conn.selected == folder:
+            # STATUS on the selected mailbox may answer from this session's view of it (RFC 3501 6.3.10
+            # advises against it); a NOOP first brings that view up to date with other sessions' changes.
+            async with self._exclusive(None) as conn:
+                await conn.command(b"NOOP")
         items = b"MESSAGES UNSEEN UIDNEXT UIDVALIDITY"
         if "CONDSTORE" in conn.capabilities:
             items += b" HIGHESTMODSEQ"
@@ -207,6 +233,37 @@ class ImapMailStore:
         async with self._exclusive(folder) as conn:
             answer = await conn.command(b"UID FETCH %d BODY.PEEK[]" % uid)
         return _body_in(answer, folder, uid)
+
+    async def fetch_messages(self, folder: str, uids: Sequence[int]) -> list[tuple[MessageSummary, bytes]]:
+        """Several whole messages with their summaries in one command, in UID order; gone ones are left out."""
+        if not uids:
+            return []
+        async with self._exclusive(folder) as conn:
+            answer = await conn.command(b"UID FETCH", _uid_set(uids),
+                                        b"(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])")
+        out = []
+        for d in answer.data("FETCH"):
+            summary = _summary(d)
+            body = d.attrs().get(b"BODY[]")
+            if summary is None or (body is not None and type(body) is not bytes):
+                continue
+            out.append((summary, body or b""))
+        out.sort(key=lambda item: item[0].uid)
+        return out
+
+    async def move(self, folder: str, uids: Sequence[int], target: str) -> dict[int, int]:
+        """Move messages to ``target``; returns old UID -> new UID where the server says (RFC 6851/4315)."""
+        if not uids:
+            return {}
+        async with self._exclusive(folder) as conn:
+            if "MOVE" in conn.capabilities:
+                answer = await conn.command(b"UID MOVE", _uid_set(uids), mailbox(target))
+            else:
+                answer = await conn.command(b"UID COPY", _uid_set(uids), mailbox(target))
+                await conn.command(b"UID STORE", _uid_set(uids), b"+FLAGS.SILENT", b"(\\Deleted)")
+                if "UIDPLUS" in conn.capabilities:
+                    await conn.command(b"UID EXPUNGE", _uid_set(uids))
+        return _copyuid(answer)
 
     async def stream_message(self, folder: str, uid: int, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         """The raw message, ``chunk_size`` octets at most a chunk, straight off the socket.

@@ -15,6 +15,7 @@ from adapters.interfaces import Credentials, UserRecord
 
 from ..http.app import CTX
 from ..http.basic_auth import authenticate
+from ..http.body import read_limited
 from . import soap
 from .operations import Operation, registry
 from .zone_rules import windows_ids
@@ -52,18 +53,6 @@ async def _warmed(app: web.Application) -> None:
         await app[_WARM_UP]
 
 
-async def _body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` (the rest is never read)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    data = bytearray()
-    while chunk := await request.content.read(65536):
-        data += chunk
-        if len(data) > limit:
-            return None
-    return bytes(data)
-
-
 async def answer(ctx: Any, operations: dict[str, Operation], user: UserRecord, credentials: Credentials | None,
                  data: bytes) -> tuple[int, bytes, dict[str, str]]:
     """(HTTP status, SOAP reply, extra headers) for one request body; never raises for what a peer sends."""
@@ -99,7 +88,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     request[USER] = user
     if request.method != "POST":
         return web.Response(text=_SERVICE_PAGE)
-    data = await _body(request, soap.MAX_REQUEST_BYTES)
+    data = await read_limited(request, soap.MAX_REQUEST_BYTES)
     if data is None:
         fault = soap.SoapFault("ErrorRequestStreamTooBig", f"The request is larger than "
                                                            f"{soap.MAX_REQUEST_BYTES} bytes.", status=413)

@@ -100,10 +100,12 @@ def build_app(ctx: GatewayContext) -> web.Application:
     from ..autodiscover import autoconfig, mobileconfig
     from ..autodiscover import register as register_autodiscover
     from ..ews.http import register as register_ews
+    from ..activesync.http import register as register_activesync
     from .freebusy_url import register as register_freebusy_url
     register_ews(app)
     register_autodiscover(app)
     autoconfig.register_extra(app)
     mobileconfig.register_extra(app)
     register_freebusy_url(app)
+    register_activesync(app)
     return app

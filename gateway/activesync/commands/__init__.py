@@ -1,0 +1,114 @@
+"""ActiveSync commands: one module each, registered here with what the HTTP shell needs to know of them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.interfaces import Credentials, UserRecord
+
+from ...context import GatewayContext
+from ...state import Device
+from ..devices import DeviceRegistry
+from ..folders import FolderMap
+from ...services.mailsessions import MailSessions
+from ..request import EasRequest
+from ..wbxml import Element
+
+
+class EasError(Exception):
+    """Ends a command with a Status in its own response element, or with a bare HTTP status."""
+
+    def __init__(self, status: int, message: str = "", http_status: int | None = None) -> None:
+        super().__init__(message or f"status {status}")
+        self.status = status
+        self.message = message or f"status {status}"
+        self.http_status = http_status
+
+
+@dataclass
+class EasServices:
+    """What every command shares on one node."""
+
+    ctx: GatewayContext
+    devices: DeviceRegistry
+    mail: MailSessions
+    folders: FolderMap
+
+    @classmethod
+    def build(cls, ctx: GatewayContext) -> EasServices:
+        cfg = ctx.config.activesync
+        return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access),
+                   MailSessions(ctx.backends, cfg.mail_idle_close), FolderMap(ctx.state))
+
+    async def close(self) -> None:
+        await self.mail.close()
+
+
+@dataclass
+class EasCall:
+    """One authenticated request from one device."""
+
+    services: EasServices
+    request: EasRequest
+    user: UserRecord
+    creds: Credentials
+    device: Device
+    version: str
+    body: Element | None
+    raw: bytes
+    client_ip: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        major, _, minor = self.version.partition(".")
+        return int(major), int(minor or 0)
+
+    @property
+    def ctx(self) -> GatewayContext:
+        return self.services.ctx
+
+    def mailbox(self):
+        """The user's mail store, logged in (kept open between requests)."""
+        backend = self.ctx.directory.route(self.user, "imap")
+        return self.services.mail.store(self.user, backend, self.creds, self.client_ip)
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[EasCall], Awaitable[Element | None]]
+    needs_policy: bool = True   # refused until the device has provisioned (when provisioning is required)
+    wbxml_body: bool = True     # False: the body is raw (pre-14 SendMail MIME), passed as call.raw
+
+
+#: Root element (code page, name) of each command's response, where a Status can be put.
+_ROOTS = {
+    "Sync": ("AirSync", "Sync"), "FolderSync": ("FolderHierarchy", "FolderSync"),
+    "FolderCreate": ("FolderHierarchy", "FolderCreate"), "FolderUpdate": ("FolderHierarchy", "FolderUpdate"),
+    "FolderDelete": ("FolderHierarchy", "FolderDelete"), "Provision": ("Provision", "Provision"),
+    "GetItemEstimate": ("GetItemEstimate", "GetItemEstimate"), "ItemOperations": ("ItemOperations",
+                                                                                  "ItemOperations"),
+    "MoveItems": ("Move", "MoveItems"), "Ping": ("Ping", "Ping"), "Search": ("Search", "Search"),
+    "Settings": ("Settings", "Settings"), "SendMail": ("ComposeMail", "SendMail"),
+    "SmartReply": ("ComposeMail", "SmartReply"), "SmartForward": ("ComposeMail", "SmartForward"),
+    "MeetingResponse": ("MeetingResponse", "MeetingResponse"), "ValidateCert": ("ValidateCert", "ValidateCert"),
+    "ResolveRecipients": ("ResolveRecipients", "ResolveRecipients"), "Find": ("Find", "Find"),
+}
+
+
+def root_of(command: str) -> tuple[str, str]:
+    return _ROOTS.get(command, ("AirSync", "Sync"))
+
+
+def _registry() -> dict[str, Command]:
+    from . import foldersync, provision, sync
+    return {
+        "Provision": Command(provision.run, needs_policy=False),
+        "FolderSync": Command(foldersync.run),
+        "Sync": Command(sync.run),
+    }
+
+
+COMMANDS: dict[str, Command] = _registry()

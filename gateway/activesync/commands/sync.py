@@ -1,0 +1,380 @@
+"""Sync (MS-ASCMD 2.2.1.21) for the Email class: items of IMAP folders, both ways, in windows.
+
+The state stored under each of a folder's sync keys says what the device has
+(UID -> read/flagged bits) and which messages it still has to be sent. A
+request is answered by diffing the folder against the state under the key it
+carries, applying the device's own changes, and storing the result under the
+next key *before* the answer leaves. Keys follow each other deterministically,
+so a request repeated with the previous key (its answer was lost) is answered
+again from the same state under the same new key: nothing is lost and nothing
+is sent twice. The device's changes are idempotent at the IMAP store (set a
+flag, move a message that may already have moved).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+from adapters.errors import BackendError, NotFound
+from adapters.interfaces import FolderStatus, MessageSummary
+
+from ..email_item import BodyOptions, ItemError, email_application_data, parse_options
+from ..folders import DELETED, first_key, folder_types, next_key, valid_key
+from ..wbxml import Element
+from . import EasCall, EasError
+
+log = logging.getLogger("casgate.activesync")
+NS = "AirSync"
+KEEP_STATES = 3
+DEFAULT_WINDOW = 100
+# Sync status codes (MS-ASCMD 2.2.3.177.17).
+OK, PROTOCOL_ERROR, INVALID_KEY, SERVER_ERROR, CONVERSION_ERROR, CONFLICT, NOT_FOUND = 1, 4, 3, 5, 6, 7, 8
+FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY = 12, 13
+READ, FLAGGED = 1, 2
+# FilterType -> days back (MS-ASCMD 2.2.3.70.1); 0 and 8 (incomplete tasks) mean no limit for mail.
+FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
+
+
+def flag_bits(flags: tuple[str, ...] | list[str]) -> int:
+    up = {f.upper() for f in flags}
+    return (READ if "\\SEEN" in up else 0) | (FLAGGED if "\\FLAGGED" in up else 0)
+
+
+@dataclass
+class FolderState:
+    """What a device has of one folder, and what it is still owed."""
+
+    uidvalidity: int
+    marks: tuple[int | None, int, int]   # (HIGHESTMODSEQ, UIDNEXT, MESSAGES) when last compared
+    known: dict[int, int] = field(default_factory=dict)  # UID -> READ|FLAGGED bits the device has
+    pending: list[int] = field(default_factory=list)     # UIDs still to send, newest first
+    filter_type: int = 0
+
+    def dump(self) -> bytes:
+        uids = sorted(self.known)
+        doc = {"v": self.uidvalidity, "m": list(self.marks), "u": uids, "b": [self.known[u] for u in uids],
+               "p": self.pending, "f": self.filter_type}
+        return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 3)
+
+    @classmethod
+    def load(cls, blob: bytes) -> FolderState:
+        doc = json.loads(zlib.decompress(blob))
+        return cls(doc["v"], tuple(doc["m"]), dict(zip(doc["u"], doc["b"])), doc["p"], doc["f"])
+
+
+def _marks(status: FolderStatus) -> tuple[int | None, int, int]:
+    return status.highestmodseq, status.uidnext, status.messages
+
+
+def internal_date(summary: MessageSummary) -> dt.datetime | None:
+    if not summary.internaldate:
+        return None
+    try:
+        return dt.datetime.strptime(summary.internaldate, "%d-%b-%Y %H:%M:%S %z")
+    except ValueError:
+        return None
+
+
+def in_window(listing: list[MessageSummary], filter_type: int) -> list[MessageSummary]:
+    days = FILTER_DAYS.get(filter_type)
+    if not days:
+        return listing
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    return [m for m in listing if (when := internal_date(m)) is None or when >= cutoff]
+
+
+def server_id(folder_id: str, uid: int) -> str:
+    return f"{folder_id}:{uid}"
+
+
+def uid_of(server_id: str, folder_id: str) -> int | None:
+    head, _, tail = server_id.rpartition(":")
+    return int(tail) if head == folder_id and tail.isdigit() and len(tail) < 11 else None
+
+
+def _collection_status(collection_id: str, status: int, key: str | None, klass: str | None) -> Element:
+    children = [Element(NS, "Class", text=klass)] if klass else []
+    children += [Element(NS, "SyncKey", text=key or "0"), Element(NS, "CollectionId", text=collection_id),
+                 Element(NS, "Status", text=str(status))]
+    return Element(NS, "Collection", children)
+
+
+def _int(element: Element | None, name: str, default: int, low: int, high: int) -> int:
+    text = element.text_of(name) if element is not None else None
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise EasError(PROTOCOL_ERROR, f"{name} must be a number from {low} to {high}")
+    return int(text)
+
+
+async def run(call: EasCall) -> Element | None:
+    body = call.body
+    if body is None:
+        # 14.0+: an empty Sync repeats the previous one; we keep no copy of it, so ask for the whole request.
+        raise EasError(BAD_REQUEST_EMPTY, "empty Sync request")
+    if body.ns != NS or body.name != "Sync":
+        raise EasError(PROTOCOL_ERROR, "expected a Sync request")
+    collections = body.find("Collections")
+    if collections is None or not collections.findall("Collection"):
+        raise EasError(BAD_REQUEST_EMPTY, "Sync without collections")
+    default_window = _int(body, "WindowSize", DEFAULT_WINDOW, 1, 512)
+    out = []
+    changed_anything = False
+    for collection in collections.findall("Collection"):
+        element, changed = await _collection(call, collection, default_window)
+        out.append(element)
+        changed_anything |= changed
+    if not changed_anything and call.version_tuple >= (14, 0):
+        return None  # 14.0+: an empty response says that no collection has changed
+    return Element(NS, "Sync", [Element(NS, "Collections", out)])
+
+
+async def _collection(call: EasCall, collection: Element, default_window: int) -> tuple[Element, bool]:
+    """(the response's Collection, whether it says anything beyond "unchanged")."""
+    collection_id = collection.text_of("CollectionId") or ""
+    key = collection.text_of("SyncKey")
+    klass = collection.text_of("Class")
+    if klass not in (None, "Email"):
+        return _collection_status(collection_id, SERVER_ERROR if klass else PROTOCOL_ERROR, key, klass), True
+    if key is None or not collection_id:
+        return _collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
+    folder = await call.services.folders.name_of(call.user.address, collection_id)
+    if folder is None:
+        return _collection_status(collection_id, FOLDER_HIERARCHY_CHANGED, key, klass), True
+    window = min(_int(collection, "WindowSize", default_window, 1, 512), call.ctx.config.activesync.max_window_size)
+    options = collection.find("Options")
+    filter_type = _int(options, "FilterType", 0, 0, 8)
+    try:
+        body_options = parse_options(options, call.version)
+    except ItemError as exc:
+        raise EasError(PROTOCOL_ERROR, str(exc)) from None
+    store = await call.mailbox()
+    state_store = call.ctx.state
+    user, device = call.user.address, call.device.device_id
+
+    if key == "0":
+        status = await store.status(folder)
+        listing = in_window(await store.list_messages(folder), filter_type)
+        state = FolderState(status.uidvalidity, _marks(status), {}, sorted((m.uid for m in listing), reverse=True),
+                            filter_type)
+        new_key = first_key()
+        await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
+        return _collection_status(collection_id, OK, new_key, klass), True
+
+    blob = await state_store.get_sync_state(user, device, collection_id, key) if valid_key(key) else None
+    if blob is None:
+        return _collection_status(collection_id, INVALID_KEY, "0", klass), True
+    state = FolderState.load(blob)
+    commands = collection.find("Commands")
+    get_changes = collection.find("GetChanges")
+    wants_changes = get_changes is None or (get_changes.text or "1") != "0"
+    deletes_as_moves = (collection.text_of("DeletesAsMoves") or "1") != "0"
+
+    status = await store.status(folder)
+    if status.uidvalidity != state.uidvalidity:
+        # Every UID the device holds is void: it must start this folder afresh.
+        return _collection_status(collection_id, INVALID_KEY, "0", klass), True
+    if filter_type != state.filter_type:
+        state.filter_type = filter_type
+        state.marks = (None, 0, -1)  # force a fresh listing below, with the new window
+
+    responses: list[Element] = []
+    current: dict[int, int] | None = None
+    if commands is not None or _marks(status) != tuple(state.marks) or state.marks[0] is None:
+        listing = in_window(await store.list_messages(folder), state.filter_type)
+        current = {m.uid: flag_bits(m.flags) for m in listing}
+    if commands is not None:
+        responses = await _client_commands(call, store, folder, collection_id, commands, state, current or {},
+                                           deletes_as_moves, body_options)
+        # Our own changes are in `current` and `state.known` already; the next request lists the folder
+        # again rather than trust counters that may also cover a message that arrived meanwhile.
+        status = FolderStatus(0, 0, 0, state.uidvalidity, None)
+
+    items: list[Element] = []
+    more = False
+    if wants_changes:
+        if current is not None:
+            _rebase(state, current)
+        items, more = await _server_changes(call, store, folder, collection_id, state, current, window,
+                                            body_options)
+    state.marks = _marks(status)
+    if not items and not responses and not more and commands is None:
+        if current is not None:  # listed, and nothing changed: remember the counters, keep the key
+            await state_store.put_sync_state(user, device, collection_id, key, state.dump(), keep=KEEP_STATES)
+        return _collection_status(collection_id, OK, key, klass), False
+    new_key = next_key(key)
+    await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
+    children = [Element(NS, "Class", text=klass)] if klass else []
+    children += [Element(NS, "SyncKey", text=new_key), Element(NS, "CollectionId", text=collection_id),
+                 Element(NS, "Status", text=str(OK))]
+    if more:
+        children.append(Element(NS, "MoreAvailable"))
+    if items:
+        children.append(Element(NS, "Commands", items))
+    if responses:
+        children.append(Element(NS, "Responses", responses))
+    return Element(NS, "Collection", children), True  # a new key must reach the device
+
+
+def _rebase(state: FolderState, current: dict[int, int]) -> None:
+    """Messages new on the server join the owed list; owed ones that vanished leave it."""
+    owed = set(state.pending)
+    fresh = [uid for uid in current if uid not in state.known and uid not in owed]
+    kept = [uid for uid in state.pending if uid in current]
+    if fresh:
+        kept = sorted(set(kept) | set(fresh), reverse=True)
+    state.pending = kept
+
+
+async def _server_changes(call: EasCall, store, folder: str, collection_id: str, state: FolderState,
+                          current: dict[int, int] | None, window: int, options: BodyOptions) -> tuple[list, bool]:
+    commands: list[Element] = []
+    if current is not None:
+        gone = [uid for uid in state.known if uid not in current]
+        changed = [uid for uid, bits in state.known.items() if uid in current and current[uid] != bits]
+        for uid in gone[:window]:
+            commands.append(Element(NS, "Delete", [Element(NS, "ServerId", text=server_id(collection_id, uid))]))
+            del state.known[uid]
+        for uid in changed[:max(0, window - len(commands))]:
+            commands.append(Element(NS, "Change", [Element(NS, "ServerId", text=server_id(collection_id, uid)),
+                                                   Element(NS, "ApplicationData", _flag_data(current[uid]))]))
+            state.known[uid] = current[uid]
+        leftover = len(gone) + len(changed) - len(commands)
+    else:
+        leftover = 0
+    room = window - len(commands)
+    if room > 0 and state.pending:
+        batch = state.pending[:room]
+        fetched = await store.fetch_messages(folder, batch)
+        sent = set()
+        for summary, raw in sorted(fetched, key=lambda item: -item[0].uid):
+            try:
+                data = email_application_data(
+                    raw, version=call.version, options=options, flags=summary.flags,
+                    internal_date=internal_date(summary),
+                    file_reference=lambda part, uid=summary.uid: f"{collection_id}:{uid}:{part}")
+            except ItemError as exc:
+                log.warning("message not convertible", extra={"event": "eas-item", "user": call.user.address,
+                                                               "uid": summary.uid, "error": str(exc)[:200]})
+                sent.add(summary.uid)
+                continue
+            commands.append(Element(NS, "Add", [Element(NS, "ServerId", text=server_id(collection_id, summary.uid)),
+                                                data]))
+            state.known[summary.uid] = flag_bits(summary.flags)
+            sent.add(summary.uid)
+        sent |= set(batch)  # ones that vanished meanwhile are owed no more
+        state.pending = [uid for uid in state.pending if uid not in sent]
+    return commands, bool(state.pending) or leftover > 0
+
+
+def _flag_data(bits: int) -> list[Element]:
+    flag = [Element("Email", "Status", text="2"), Element("Email", "FlagType", text="Flag for follow up")] \
+        if bits & FLAGGED else []
+    return [Element("Email", "Read", text="1" if bits & READ else "0"), Element("Email", "Flag", flag)]
+
+
+async def _client_commands(call: EasCall, store, folder: str, collection_id: str, commands: Element,
+                           state: FolderState, current: dict[int, int], deletes_as_moves: bool,
+                           options: BodyOptions) -> list[Element]:
+    responses: list[Element] = []
+    wins = call.ctx.config.activesync.client_wins_conflicts
+    trash = None
+    for command in commands.children:
+        server_id = command.text_of("ServerId") or ""
+        uid = uid_of(server_id, collection_id)
+        if command.name == "Change":
+            if uid is None or uid not in current:
+                responses.append(_response("Change", server_id, NOT_FOUND))
+                continue
+            had = state.known.get(uid, current[uid])
+            if not wins and current[uid] != had:
+                continue  # the server changed it too: the server's version goes to the device as a Change
+            wanted = _wanted_bits(command.find("ApplicationData"), current[uid])
+            await _store_bits(store, folder, uid, current[uid], wanted)
+            current[uid] = state.known[uid] = wanted
+        elif command.name == "Delete":
+            if uid is None:
+                responses.append(_response("Delete", server_id, NOT_FOUND))
+                continue
+            if uid in current:
+                if deletes_as_moves and trash is None:
+                    trash = await _trash(call, store, folder)
+                try:
+                    if deletes_as_moves and trash:
+                        await store.move(folder, [uid], trash)
+                    else:
+                        await store.expunge(folder, [uid])
+                except NotFound:
+                    pass
+                current.pop(uid, None)
+            state.known.pop(uid, None)
+        elif command.name == "Fetch":
+            responses.append(await _fetch(call, store, folder, collection_id, server_id, uid, options))
+        elif command.name == "Add":
+            # Creating mail items (16.x drafts) is not implemented yet: say so for each one.
+            client_id = command.text_of("ClientId") or ""
+            responses.append(Element(NS, "Add", [Element(NS, "ClientId", text=client_id),
+                                                 Element(NS, "Status", text=str(CONVERSION_ERROR))]))
+        else:
+            raise EasError(PROTOCOL_ERROR, f"unknown Sync command {command.name}")
+    return responses
+
+
+def _response(kind: str, server_id: str, status: int) -> Element:
+    return Element(NS, kind, [Element(NS, "ServerId", text=server_id), Element(NS, "Status", text=str(status))])
+
+
+def _wanted_bits(data: Element | None, bits: int) -> int:
+    if data is None:
+        return bits
+    read = data.text_of("Read", "Email")
+    if read in ("0", "1"):
+        bits = (bits | READ) if read == "1" else (bits & ~READ)
+    flag = data.find("Flag", "Email")
+    if flag is not None:
+        active = flag.text_of("Status", "Email") == "2"
+        bits = (bits | FLAGGED) if active else (bits & ~FLAGGED)
+    return bits
+
+
+async def _store_bits(store, folder: str, uid: int, had: int, wanted: int) -> None:
+    for bit, name in ((READ, "\\Seen"), (FLAGGED, "\\Flagged")):
+        if (had ^ wanted) & bit:
+            await store.set_flags(folder, [uid], [name], add=bool(wanted & bit))
+
+
+async def _trash(call: EasCall, store, folder: str) -> str:
+    """The Deleted Items folder, or "" when there is none or ``folder`` is it (then deletes expunge)."""
+    folders = await store.list_folders()
+    types = folder_types(folders)
+    trash = next((name for name, kind in types.items() if kind == DELETED), "")
+    return "" if trash == folder else trash
+
+
+async def _fetch(call: EasCall, store, folder: str, collection_id: str, server_id: str, uid: int | None,
+                 options: BodyOptions) -> Element:
+    if uid is None:
+        return _response("Fetch", server_id, NOT_FOUND)
+    try:
+        fetched = await store.fetch_messages(folder, [uid])
+    except (NotFound, BackendError):
+        fetched = []
+    if not fetched:
+        return _response("Fetch", server_id, NOT_FOUND)
+    summary, raw = fetched[0]
+    try:
+        data = email_application_data(raw, version=call.version, options=options, flags=summary.flags,
+                                      internal_date=internal_date(summary),
+                                      file_reference=lambda part: f"{collection_id}:{uid}:{part}")
+    except ItemError:
+        return _response("Fetch", server_id, CONVERSION_ERROR)
+    return Element(NS, "Fetch", [Element(NS, "ServerId", text=server_id), Element(NS, "Status", text=str(OK)),
+                                 data])
+
+
+__all__ = ["run", "FolderState"]

@@ -1,0 +1,185 @@
+"""The ActiveSync endpoint (MS-ASHTTP): /Microsoft-Server-ActiveSync in any letter case.
+
+The shell around the commands: Basic authentication, the request line,
+protocol version, gzip and WBXML both ways, the device partnership and its
+provisioning state, and the mapping of back-end failures to HTTP. Each
+command lives in ``commands/`` and gets an ``EasCall``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+
+from aiohttp import web
+
+from adapters.errors import AuthenticationFailed, BackendUnavailable
+from adapters.interfaces import UserRecord
+
+from ..http.app import CTX
+from ..http.basic_auth import authenticate, client_ip
+from ..http.body import read_limited
+from . import wbxml
+from .commands import COMMANDS, EasCall, EasError, EasServices, root_of
+from .devices import DeviceRegistry, provisioning_status
+from .request import RequestError, parse_request
+
+__all__ = ["EAS_PATH", "register"]
+
+log = logging.getLogger("casgate.activesync")
+EAS_PATH = "/Microsoft-Server-ActiveSync"
+WBXML_TYPE = "application/vnd.ms-sync.wbxml"
+SERVER_VERSION = "14.3"  # what Exchange 2010 SP3 reports in MS-Server-ActiveSync
+SERVICES = web.AppKey("eas_services", object)
+_GZIP_MIN = 1024  # smaller responses go out uncompressed: gzip would not pay for itself
+
+
+def register(app: web.Application) -> None:
+    app[SERVICES] = _Services()
+    app.on_cleanup.append(_close)
+    app.router.add_route("*", EAS_PATH, handle)
+    app.router.add_route("*", r"/{eas_path:(?i:microsoft-server-activesync)}", handle)
+
+
+class _Services:
+    """The ActiveSync services, made at the first ActiveSync request (most test apps never need them)."""
+
+    def __init__(self) -> None:
+        self.made: EasServices | None = None
+
+    def get(self, app: web.Application) -> EasServices:
+        if self.made is None:
+            self.made = EasServices.build(app[CTX])
+        return self.made
+
+
+async def _close(app: web.Application) -> None:
+    if (services := app[SERVICES].made) is not None:
+        await services.close()
+
+
+def _protocol_headers(versions: list[str]) -> dict[str, str]:
+    implemented = ",".join(name for name in COMMANDS)
+    return {"MS-Server-ActiveSync": SERVER_VERSION, "MS-ASProtocolVersions": ",".join(versions),
+            "MS-ASProtocolCommands": implemented, "Allow": "OPTIONS,POST", "Public": "OPTIONS,POST",
+            "Cache-Control": "private"}
+
+
+def _text(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers={"Cache-Control": "private", **headers})
+
+
+def _user_matches(named: str, user: UserRecord) -> bool:
+    """The query's User names the account that authenticated (as a login, address, alias or DOMAIN\\login)."""
+    if not named:
+        return True  # some clients leave it out of the base64 form; the credentials decide
+    name = named.rpartition("\\")[2].strip().lower()
+    known = {user.login.lower(), user.address.lower(), *(a.lower() for a in user.aliases)}
+    known |= {x.partition("@")[0] for x in list(known)}
+    return name in known
+
+
+def _wants_gzip(request: web.Request) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    cfg = ctx.config.activesync
+    if request.method not in ("POST", "OPTIONS"):
+        return _text(405, "ActiveSync takes OPTIONS and POST", Allow="OPTIONS,POST")
+    user, creds = await authenticate(request, ctx.auth)
+    if request.method == "OPTIONS":
+        return web.Response(status=200, headers=_protocol_headers(cfg.versions))
+    try:
+        req = parse_request(request.query_string, request.headers)
+    except RequestError as exc:
+        return _text(exc.status, str(exc))
+    if req.version is None:
+        return _text(400, "MS-ASProtocolVersion is missing", **_protocol_headers(cfg.versions))
+    if req.version not in cfg.versions:
+        return _text(400, f"protocol version {req.version} is not offered here", **_protocol_headers(cfg.versions))
+    if not _user_matches(req.user, user):
+        log.warning("user mismatch", extra={"event": "eas", "user": user.address, "named": req.user[:100],
+                                            "client": client_ip(request)})
+        return _text(403, "the User parameter does not name the account that logged in")
+    command = COMMANDS.get(req.command)
+    if command is None:
+        return _text(501, f"{req.command} is not implemented")
+    raw = await read_limited(request, cfg.max_request_bytes)
+    if raw is None:
+        return _text(413, f"the request is larger than {cfg.max_request_bytes} bytes")
+    body = None
+    if raw and command.wbxml_body:
+        try:
+            body = wbxml.decode(raw)
+        except wbxml.WbxmlError as exc:
+            return _text(400, f"the WBXML body is malformed: {str(exc)[:200]}")
+    services = request.app[SERVICES].get(request.app)
+    t0 = time.perf_counter()
+    result = "ok"
+    try:
+        agent = request.headers.get("User-Agent", "")
+        device = await services.devices.seen(user, req, agent)
+        refused = _refusal(device, req.policy_key, cfg.require_provisioning and command.needs_policy)
+        call = EasCall(services, req, user, creds, device, req.version, body, raw, client_ip(request))
+        if refused is not None:
+            result = f"refused-{refused[0]}"
+            return _status_or_http(call, *refused)
+        answer = await command.run(call)
+    except EasError as exc:
+        result = f"status-{exc.status}"
+        if exc.http_status:
+            return _text(exc.http_status, exc.message)
+        return _reply(request, wbxml.Element(*root_of(req.command), [wbxml.Element(
+            root_of(req.command)[0], "Status", text=str(exc.status))]))
+    except AuthenticationFailed:
+        result = "auth"
+        return _text(401, "the mail store refused the credentials", **{
+            "WWW-Authenticate": 'Basic realm="casgate", charset="UTF-8"'})
+    except BackendUnavailable as exc:
+        result = "unavailable"
+        log.warning("back end unavailable", extra={"event": "eas", "user": user.address, "error": str(exc)[:200]})
+        return _text(503, "the mail store is unavailable; try again later", **{"Retry-After": str(exc.retry_after)})
+    finally:
+        log.info("eas", extra={"event": "eas", "command": req.command, "user": user.address,
+                               "device": req.device_id, "version": req.version, "result": result,
+                               "ms": round((time.perf_counter() - t0) * 1000, 2)})
+    if isinstance(answer, web.StreamResponse):
+        return answer
+    if answer is None:
+        return web.Response(status=200, headers={"Cache-Control": "private",
+                                                 "MS-Server-ActiveSync": SERVER_VERSION})
+    return _reply(request, answer)
+
+
+def _refusal(device, policy_key: int | None, check_policy: bool) -> tuple[int, int] | None:
+    """(EAS status, pre-14 HTTP status) refusing this request, or None."""
+    blocked = DeviceRegistry.access(device)
+    if blocked is not None:
+        return blocked, 403
+    if check_policy and (status := provisioning_status(device, policy_key)) is not None:
+        return status, 449
+    return None
+
+
+def _status_or_http(call: EasCall, status: int, http_status: int) -> web.Response:
+    """Before 14.0 a device learns it must provision (or is blocked) from an HTTP status; from 14.0 on from a
+    Status in the command's own response (MS-ASHTTP 3.2.5.1, MS-ASCMD 2.2.2)."""
+    if call.version_tuple < (14, 0):
+        return _text(http_status, "provisioning is required" if http_status == 449 else "device not allowed")
+    ns, name = root_of(call.request.command)
+    element = wbxml.Element(ns, name, [wbxml.Element(ns, "Status", text=str(status))])
+    data = wbxml.encode(element)
+    return web.Response(status=200, body=data, headers={"Content-Type": WBXML_TYPE, "Cache-Control": "private",
+                                                        "MS-Server-ActiveSync": SERVER_VERSION})
+
+
+def _reply(request: web.Request, element: wbxml.Element) -> web.Response:
+    data = wbxml.encode(element)
+    headers = {"Content-Type": WBXML_TYPE, "Cache-Control": "private", "MS-Server-ActiveSync": SERVER_VERSION}
+    if len(data) >= _GZIP_MIN and _wants_gzip(request):
+        data = gzip.compress(data, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(status=200, body=data, headers=headers)

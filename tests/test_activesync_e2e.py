@@ -1,0 +1,358 @@
+"""ActiveSync through the gateway to the session's real Dovecot, driven by pyactivesync (an independent EAS
+16.1 client) and by raw requests for the HTTP layer's answers to malformed and unprovisioned requests."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+import uuid
+
+import pytest
+import requests
+from pyactivesync import Client, EmailChange, FolderType
+from pyactivesync.exceptions import EASError
+
+from gateway.activesync import wbxml
+from gateway.activesync.wbxml import Element
+from gateway.demo.procs import free_port
+from gatewayproc import config_toml, start_gateway, stop_gateway, users_toml, write_config
+
+PHONE = "phone@example.test"
+TABLET = "tablet@example.test"
+WBXML = "application/vnd.ms-sync.wbxml"
+
+
+@pytest.fixture(scope="session")
+def eas(workdir, certs, dovecot):
+    root = workdir / f"eas-{free_port()}"
+    https = free_port()
+    write_config(root, config_toml(certs, dovecot, https=https, extra='[domains."example.test"]\nimap = "dovecot"\n'),
+                 users_toml([PHONE, TABLET]))
+    proc = start_gateway(root, [https])
+    yield {"port": https, "ca": str(certs.ca_cert), "root": root}
+    stop_gateway(proc)
+
+
+def _client(eas, users, who=PHONE, device=None) -> Client:
+    c = Client(f"127.0.0.1:{eas['port']}", who, users[who], device_id=device or uuid.uuid4().hex[:16].upper(),
+               verify_ssl=True)
+    c._transport.session.verify = eas["ca"]
+    c._transport.session.trust_env = False  # a REQUESTS_CA_BUNDLE in the environment would win over verify
+    return c
+
+
+def _imap(dovecot, certs, who, users) -> imaplib.IMAP4_SSL:
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ctx)
+    m.login(who, users[who])
+    return m
+
+
+def _append(m: imaplib.IMAP4_SSL, subject: str, folder: str = "INBOX", html: bool = False) -> None:
+    if html:
+        body = ("Content-Type: multipart/alternative; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n"
+                f"plain {subject}\r\n--b1\r\nContent-Type: text/html\r\n\r\n<p>html {subject}</p>\r\n--b1--\r\n")
+        head = "MIME-Version: 1.0\r\n"
+    else:
+        body, head = f"\r\nbody of {subject}\r\n", "Content-Type: text/plain; charset=utf-8\r\n"
+    msg = (f"From: Sender <sender@example.test>\r\nTo: {PHONE}\r\nSubject: {subject}\r\n"
+           f"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{uuid.uuid4()}@example.test>\r\n{head}{body}")
+    typ, _ = m.append(folder, None, None, msg.encode())
+    assert typ == "OK"
+
+
+def _post(eas, who, users, cmd, body: bytes = b"", *, version="14.1", policy_key=None, device="RAWDEVICE1",
+          user=None, extra_headers=None):
+    headers = {"Content-Type": WBXML}
+    if version:
+        headers["MS-ASProtocolVersion"] = version
+    if policy_key is not None:
+        headers["X-MS-PolicyKey"] = str(policy_key)
+    headers.update(extra_headers or {})
+    params = {"Cmd": cmd, "User": user or who, "DeviceId": device, "DeviceType": "TestPhone"}
+    return requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync", params=params, data=body,
+                         headers=headers, auth=(who, users[who]), verify=eas["ca"], timeout=30)
+
+
+def _folder_sync(key="0") -> bytes:
+    return wbxml.encode(Element("FolderHierarchy", "FolderSync", [Element("FolderHierarchy", "SyncKey", text=key)]))
+
+
+def test_options_lists_versions_and_commands(eas, users):
+    r = requests.options(f"https://127.0.0.1:{eas['port']}/microsoft-server-activesync",
+                         auth=(PHONE, users[PHONE]), verify=eas["ca"], timeout=10)
+    assert r.status_code == 200
+    assert r.headers["MS-ASProtocolVersions"] == "2.5,12.0,12.1,14.0,14.1,16.0,16.1"
+    commands = r.headers["MS-ASProtocolCommands"].split(",")
+    assert {"Sync", "FolderSync", "Provision"} <= set(commands)
+    r = requests.options(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync", verify=eas["ca"], timeout=10)
+    assert r.status_code == 401 and "Basic" in r.headers["WWW-Authenticate"]
+
+
+def test_unprovisioned_devices_are_told_to_provision(eas, users):
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), device="UNPROV1")
+    assert r.status_code == 200
+    doc = wbxml.decode(r.content)
+    assert (doc.ns, doc.name, doc.text_of("Status")) == ("FolderHierarchy", "FolderSync", "142")
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), device="UNPROV1", policy_key=12345)
+    assert wbxml.decode(r.content).text_of("Status") in ("142", "144")
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), device="UNPROV1", version="12.1")
+    assert r.status_code == 449  # before 14.0 the answer is an HTTP status
+
+
+def test_malformed_requests_get_http_errors(eas, users):
+    assert _post(eas, PHONE, users, "FolderSync", _folder_sync(), version=None).status_code == 400
+    assert _post(eas, PHONE, users, "FolderSync", _folder_sync(), version="9.9").status_code == 400
+    assert _post(eas, PHONE, users, "NoSuchCommand", b"").status_code == 501
+    assert _post(eas, PHONE, users, "FolderSync", _folder_sync(), user="tablet@example.test").status_code == 403
+    with _client(eas, users) as c:
+        key = c.provision()
+    r = _post(eas, PHONE, users, "FolderSync", b"\x03\x01\x6a\x00\x45\x99", policy_key=key,
+              device=c._transport.device_id)
+    assert r.status_code == 400
+
+
+def test_provision_then_folder_hierarchy(eas, users):
+    with _client(eas, users) as c:
+        key = c.provision()
+        assert key.isdigit() and int(key) > 0
+        folders = {f.name: f for f in c.list_folders()}
+    assert folders["Inbox"].type == FolderType.INBOX
+    assert folders["Sent"].type == FolderType.SENT_ITEMS
+    assert folders["Drafts"].type == FolderType.DRAFTS
+    assert folders["Trash"].type == FolderType.DELETED_ITEMS
+    assert folders["Junk"].type == FolderType.USER_GENERIC or int(folders["Junk"].type) == 12
+    assert len({f.id for f in folders.values()}) == len(folders)
+    # Another device of the same user sees the same ServerIds.
+    with _client(eas, users) as c2:
+        assert {f.name: f.id for f in c2.list_folders()} == {n: f.id for n, f in folders.items()}
+
+
+def test_initial_sync_in_windows_then_no_change(eas, users, dovecot, certs):
+    m = _imap(dovecot, certs, PHONE, users)
+    for i in range(23):
+        _append(m, f"window test {i}", html=i % 2 == 0)
+    m.logout()
+    with _client(eas, users) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        result = c.sync_folder(inbox.id)
+        assert not result.added
+        seen: dict[str, dict] = {}
+        rounds = 0
+        while True:
+            result = c.sync_folder(inbox.id, result.sync_key, window_size=10)
+            rounds += 1
+            assert len(result.added) <= 10
+            for item in result.added:
+                assert item.server_id not in seen
+                seen[item.server_id] = item.fields
+            if not result.more_available:
+                break
+        assert rounds == 3 and len(seen) == 23
+        subjects = {f.get("Email.Subject") for f in seen.values()}
+        assert {f"window test {i}" for i in range(23)} <= subjects
+        t0 = time.perf_counter()
+        again = c.sync_folder(inbox.id, result.sync_key)
+        assert again.sync_key == result.sync_key and not again.added and not again.changed and not again.deleted
+        assert time.perf_counter() - t0 < 5
+
+
+def test_read_flag_delete_reach_the_imap_store_and_server_changes_come_back(eas, users, dovecot, certs):
+    m = _imap(dovecot, certs, TABLET, users)
+    for i in range(3):
+        _append(m, f"change test {i}")
+    with _client(eas, users, TABLET) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        key = c.sync_folder(inbox.id).sync_key
+        result = c.sync_folder(inbox.id, key)
+        by_subject = {item.fields["Email.Subject"]: item.server_id for item in result.added}
+        assert len(by_subject) == 3
+        uid = {s: int(sid.rsplit(":", 1)[1]) for s, sid in by_subject.items()}
+        done = c.apply_email_changes(inbox.id, result.sync_key, [
+            EmailChange(by_subject["change test 0"], read=True),
+            EmailChange(by_subject["change test 1"], flagged=True),
+            EmailChange(by_subject["change test 2"], delete=True),
+        ])
+        assert set(done.statuses.values()) == {"1"}
+        m.select("INBOX")
+        flags = {s: m.uid("FETCH", str(u), "(FLAGS)")[1][0] for s, u in uid.items() if s != "change test 2"}
+        assert b"\\Seen" in flags["change test 0"] and b"\\Flagged" in flags["change test 1"]
+        assert m.uid("SEARCH", None, f"UID {uid['change test 2']}")[1] == [b""]
+        m.select("Trash")
+        assert m.search(None, 'SUBJECT "change test 2"')[1][0]
+        # A change made on the server (another client) reaches the device as a Change.
+        m.select("INBOX")
+        m.uid("STORE", str(uid["change test 0"]), "-FLAGS", "(\\Seen)")
+        later = c.sync_folder(inbox.id, done.sync_key)
+        assert [i.server_id for i in later.changed] == [by_subject["change test 0"]]
+        assert later.changed[0].fields.get("Email.Read") == "0"
+        assert not later.added and not later.deleted
+        # The device's own changes are not echoed back.
+        assert by_subject["change test 1"] not in {i.server_id for i in later.changed}
+    m.logout()
+
+
+def test_a_lost_sync_response_is_answered_again_the_same(eas, users, dovecot, certs):
+    m = _imap(dovecot, certs, TABLET, users)
+    with _client(eas, users, TABLET) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        first = c.sync_folder(inbox.id)
+        everything = c.sync_folder(inbox.id, first.sync_key, window_size=100)
+        for i in range(4):
+            _append(m, f"retry test {i}")
+        answered = c.sync_folder(inbox.id, everything.sync_key, window_size=100)
+        assert len(answered.added) == 4
+        # The response was "lost": the device asks again with the key it still has.
+        again = c.sync_folder(inbox.id, everything.sync_key, window_size=100)
+        assert again.sync_key == answered.sync_key
+        assert sorted(i.server_id for i in again.added) == sorted(i.server_id for i in answered.added)
+        after = c.sync_folder(inbox.id, again.sync_key)
+        assert not after.added and not after.changed and not after.deleted
+        # An unknown key gives Status 3, and a clean resync from 0 works.
+        with pytest.raises(EASError):
+            c.sync_folder(inbox.id, "{deadbeefdeadbeef}7")
+    m.logout()
+
+
+def _devices(eas, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "gateway", "devices", *args, "-c", str(eas["root"] / "casgate.toml")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _provision_request(*children: Element) -> bytes:
+    return wbxml.encode(Element("Provision", "Provision", list(children)))
+
+
+def test_devices_command_wipe_block_allow_remove(eas, users):
+    device = "WIPEME" + uuid.uuid4().hex[:8].upper()
+    with _client(eas, users, PHONE, device) as c:
+        key = c.provision()
+        c.list_folders()
+    listed = _devices(eas, "list", PHONE)
+    assert listed.returncode == 0 and device in listed.stdout and "allowed" in listed.stdout
+    shown = _devices(eas, "show", PHONE, device)
+    assert '"provisioned": true' in shown.stdout and key not in shown.stdout  # the key itself is never shown
+    assert "Model" not in shown.stderr
+    # Block: refused at once (Status 129 from 14.0 on, HTTP 403 before).
+    assert _devices(eas, "block", PHONE, device).returncode == 0
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device)
+    assert wbxml.decode(r.content).text_of("Status") == "129"
+    assert _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device,
+                 version="12.1").status_code == 403
+    assert _devices(eas, "allow", PHONE, device).returncode == 0
+    assert wbxml.decode(_post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key,
+                              device=device).content).text_of("Status") == "1"
+    # Wipe: the next request is told to provision (140), Provision answers RemoteWipe, the ack marks it wiped.
+    assert _devices(eas, "wipe", PHONE, device).returncode == 0
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device)
+    assert wbxml.decode(r.content).text_of("Status") == "140"
+    policy = Element("Provision", "Policies", [Element("Provision", "Policy", [
+        Element("Provision", "PolicyType", text="MS-EAS-Provisioning-WBXML")])])
+    answer = wbxml.decode(_post(eas, PHONE, users, "Provision", _provision_request(policy), device=device).content)
+    assert answer.find("RemoteWipe") is not None
+    ack = Element("Provision", "RemoteWipe", [Element("Provision", "Status", text="1")])
+    answer = wbxml.decode(_post(eas, PHONE, users, "Provision", _provision_request(ack), device=device).content)
+    assert answer.text_of("Status") == "1"
+    assert '"status": "wiped"' in _devices(eas, "show", PHONE, device).stdout
+    # Remove: the partnership and its state are gone.
+    assert _devices(eas, "remove", PHONE, device).returncode == 0
+    gone = _devices(eas, "show", PHONE, device)
+    assert gone.returncode == 1 and "no device" in gone.stderr
+
+
+def test_provision_acknowledging_a_wrong_key_is_refused(eas, users):
+    device = "WRONGKEY" + uuid.uuid4().hex[:6].upper()
+    ask = Element("Provision", "Policies", [Element("Provision", "Policy", [
+        Element("Provision", "PolicyType", text="MS-EAS-Provisioning-WBXML")])])
+    first = wbxml.decode(_post(eas, PHONE, users, "Provision", _provision_request(ask), device=device).content)
+    policy = first.find("Policies").find("Policy")
+    temporary = policy.text_of("PolicyKey")
+    assert policy.text_of("Status") == "1" and policy.find("Data").find("EASProvisionDoc") is not None
+    bad = Element("Provision", "Policies", [Element("Provision", "Policy", [
+        Element("Provision", "PolicyType", text="MS-EAS-Provisioning-WBXML"),
+        Element("Provision", "PolicyKey", text=str(int(temporary) ^ 1)), Element("Provision", "Status", text="1")])])
+    answer = wbxml.decode(_post(eas, PHONE, users, "Provision", _provision_request(bad), device=device).content)
+    assert answer.find("Policies").find("Policy").text_of("Status") == "5"
+    assert answer.find("Policies").find("Policy").find("PolicyKey") is None
+
+
+def test_base64_query_and_gzip_bodies(eas, users, dovecot, certs):
+    import gzip
+
+    from gateway.activesync.request import EasRequest, encode_base64_query
+    device = "GZIP" + uuid.uuid4().hex[:8].upper()
+    with _client(eas, users, PHONE, device) as c:
+        key = int(c.provision())
+    query = encode_base64_query(EasRequest(command="FolderSync", user=PHONE, device_id=device,
+                                           device_type="TestPhone", version="14.1", policy_key=key, locale=0x0409))
+    r = requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync?{query}",
+                      data=gzip.compress(_folder_sync()), auth=(PHONE, users[PHONE]), verify=eas["ca"], timeout=30,
+                      headers={"Content-Type": WBXML, "Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    doc = wbxml.decode(r.content)
+    assert doc.text_of("Status") == "1" and int(doc.find("Changes").text_of("Count")) >= 5
+    inbox = next(a.text_of("ServerId") for a in doc.find("Changes").findall("Add") if a.text_of("Type") == "2")
+    m = _imap(dovecot, certs, PHONE, users)
+    for i in range(3):
+        _append(m, f"gzip test {i}", html=True)
+    m.logout()
+
+    sync_query = encode_base64_query(EasRequest(command="Sync", user=PHONE, device_id=device, device_type="TestPhone",
+                                                version="14.1", policy_key=key, locale=0x0409))
+
+    def sync(key: str) -> requests.Response:
+        body = Element("AirSync", "Sync", [Element("AirSync", "Collections", [Element("AirSync", "Collection", [
+            Element("AirSync", "SyncKey", text=key), Element("AirSync", "CollectionId", text=inbox),
+            Element("AirSync", "WindowSize", text="3"), Element("AirSync", "Options", [
+                Element("AirSyncBase", "BodyPreference", [Element("AirSyncBase", "Type", text="4")])])])])])
+        return requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync?{sync_query}",
+                             data=gzip.compress(wbxml.encode(body)), auth=(PHONE, users[PHONE]), verify=eas["ca"],
+                             timeout=30, headers={"Content-Type": WBXML, "Content-Encoding": "gzip",
+                                                  "Accept-Encoding": "gzip"})
+    started = wbxml.decode(sync("0").content)
+    assert started.find("Collections") is not None, wbxml.to_xml(started)
+    first = started.find("Collections").find("Collection").text_of("SyncKey")
+    r = sync(first)
+    assert r.headers.get("Content-Encoding") == "gzip"  # requests inflates r.content for us
+    items = wbxml.decode(r.content).find("Collections").find("Collection").find("Commands").findall("Add")
+    assert len(items) == 3
+    for item in items:
+        data = item.find("ApplicationData").find("Body", "AirSyncBase")
+        raw = data.find("Data").opaque or data.text_of("Data", default="").encode()  # MIME goes out as opaque bytes
+        assert data.text_of("Type") == "4" and b"gzip test" in raw and raw.startswith(b"From: ")
+    # A corrupt gzip body and a body over the limit are refused without harm.
+    bad = _post(eas, PHONE, users, "FolderSync", b"\x1f\x8bnot gzip", policy_key=key, device=device,
+                extra_headers={"Content-Encoding": "gzip"})
+    assert bad.status_code == 400
+
+
+def test_device_rules_block_and_quarantine(eas, users, workdir, certs, dovecot):
+    root = workdir / f"eas-rules-{free_port()}"
+    https = free_port()
+    rules = ('[[activesync.device_rules]]\ndevice_type = "Blocked*"\naccess = "block"\n'
+             '[[activesync.device_rules]]\nuser_agent = "*quarantine*"\naccess = "quarantine"\n')
+    write_config(root, config_toml(certs, dovecot, https=https,
+                                   extra='[domains."example.test"]\nimap = "dovecot"\n' + rules),
+                 users_toml([PHONE]))
+    proc = start_gateway(root, [https])
+    try:
+        other = {"port": https, "ca": eas["ca"], "root": root}
+        params = {"Cmd": "FolderSync", "User": PHONE, "DeviceId": "RULES1", "DeviceType": "BlockedPhone"}
+        r = requests.post(f"https://127.0.0.1:{https}/Microsoft-Server-ActiveSync", params=params,
+                          data=_folder_sync(), auth=(PHONE, users[PHONE]), verify=eas["ca"], timeout=30,
+                          headers={"Content-Type": WBXML, "MS-ASProtocolVersion": "14.1"})
+        assert wbxml.decode(r.content).text_of("Status") == "129"
+        r = _post(other, PHONE, users, "FolderSync", _folder_sync(), device="RULES2",
+                  extra_headers={"User-Agent": "Some-quarantine-Agent/1"})
+        assert wbxml.decode(r.content).text_of("Status") == "129"
+        assert "quarantined" in _devices(other, "list", PHONE).stdout
+        # An administrator's allow outranks the rule.
+        assert _devices(other, "allow", PHONE, "RULES2").returncode == 0
+        r = _post(other, PHONE, users, "FolderSync", _folder_sync(), device="RULES2",
+                  extra_headers={"User-Agent": "Some-quarantine-Agent/1"})
+        assert wbxml.decode(r.content).text_of("Status") == "142"  # allowed now; next it must provision
+    finally:
+        stop_gateway(proc)

@@ -1,0 +1,99 @@
+"""Pure parts of the ActiveSync front end: the policy document, folder types and ids, sync keys, sync state."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.interfaces import Folder
+from gateway.activesync import policy, wbxml
+from gateway.activesync.commands.sync import FolderState, _wanted_bits
+from gateway.activesync.folders import (DELETED, DRAFTS, INBOX, SENT, USER_MAIL, FolderMap, first_key,
+                                        folder_types, next_key, valid_key)
+from gateway.activesync.wbxml import Element
+from gateway.state import open_store
+
+
+def test_policy_defaults_and_overrides_by_version():
+    doc = policy.provision_doc({"DevicePasswordEnabled": 1, "MinDevicePasswordLength": 6,
+                                "ApprovedApplicationList": ["abc"]}, "14.1")
+    values = {c.name: c.text for c in doc.children}
+    assert values["DevicePasswordEnabled"] == "1" and values["MinDevicePasswordLength"] == "6"
+    assert values["AllowBluetooth"] == "2" and values["MaxAttachmentSize"] is None
+    assert doc.find("ApprovedApplicationList").children[0].text == "abc"
+    wbxml.encode(Element("Provision", "Data", [doc]))  # every name exists in the Provision code page
+    old = policy.provision_doc({}, "12.0")
+    assert len(old.children) == 12 and old.find("AllowBluetooth") is None
+
+
+@pytest.mark.parametrize("bad", [{"NoSuchSetting": 1}, {"DevicePasswordEnabled": 2}, {"AllowBluetooth": 3},
+                                 {"MinDevicePasswordLength": "six"}, {"ApprovedApplicationList": "x"}])
+def test_policy_overrides_are_checked(bad):
+    assert policy.check_overrides(bad)
+
+
+def test_wap_policy_for_2_5_is_xml():
+    from lxml import etree
+    text = policy.wap_provisioning_xml({"DevicePasswordEnabled": 1})
+    root = etree.fromstring(text.encode())
+    assert root.tag == "wap-provisioningdoc" and b"4131" in text.encode()
+
+
+def _folder(name, special=None, delim="/"):
+    return Folder(name, delim, special, ())
+
+
+def test_folder_types_special_use_then_names_then_user_mail():
+    folders = [_folder("INBOX"), _folder("Entwürfe"), _folder("Drafts", "\\Drafts"), _folder("Sent Items"),
+               _folder("Trash", "\\Trash"), _folder("Deleted Items"), _folder("Junk", "\\Junk"),
+               _folder("Projects/Sent")]
+    types = folder_types(folders)
+    assert types["INBOX"] == INBOX and types["Drafts"] == DRAFTS and types["Entwürfe"] == USER_MAIL
+    assert types["Sent Items"] == SENT and types["Trash"] == DELETED and types["Deleted Items"] == USER_MAIL
+    assert types["Junk"] == USER_MAIL and types["Projects/Sent"] == USER_MAIL
+
+
+def test_sync_keys_follow_each_other():
+    k = first_key()
+    assert valid_key(k) and next_key(k) != k and next_key(k) == next_key(k)
+    assert valid_key(next_key(next_key(k)))
+    for bad in ("", "0", "1", "{x", "abc}1", "{" + "a" * 70 + "}1", "{ab}", "{ab}-1"):
+        assert not valid_key(bad)
+
+
+@given(st.dictionaries(st.integers(1, 2**32 - 1), st.integers(0, 3), max_size=200),
+       st.lists(st.integers(1, 2**32 - 1), max_size=50), st.integers(0, 8))
+def test_folder_state_round_trips(known, pending, filter_type):
+    state = FolderState(7, (12, 40, 33), known, pending, filter_type)
+    back = FolderState.load(state.dump())
+    assert back == FolderState(7, (12, 40, 33), known, pending, filter_type)
+
+
+def test_client_read_and_flag_changes_become_bits():
+    data = Element("AirSync", "ApplicationData", [Element("Email", "Read", text="1"),
+                                                  Element("Email", "Flag", [Element("Email", "Status", text="2")])])
+    assert _wanted_bits(data, 0) == 3
+    clear = Element("AirSync", "ApplicationData", [Element("Email", "Flag")])
+    assert _wanted_bits(clear, 3) == 1
+    assert _wanted_bits(None, 2) == 2
+
+
+async def test_folder_ids_are_stable_and_shared(tmp_path):
+    store = open_store("sqlite", path=str(tmp_path / "s.db"), purge_interval=None)
+    await store.start()
+    try:
+        a, b = FolderMap(store), FolderMap(store)  # two nodes
+        first = await a.assign("u@x", ["INBOX", "Sent", "Work"])
+        assert len(set(first.values())) == 3
+        again = await b.assign("u@x", ["INBOX", "Sent", "Work", "New"])
+        assert {k: again[k] for k in first} == first and again["New"] not in first.values()
+        assert await a.name_of("u@x", again["New"]) == "New"
+        await b.rename("u@x", "Work", "Jobs", "/")
+        assert await b.id_of("u@x", "Jobs") == first["Work"]
+        gone = await a.assign("u@x", ["INBOX", "Sent", "Jobs"])
+        assert "New" not in gone
+        back = await a.assign("u@x", ["INBOX", "Sent", "Jobs", "New"])
+        assert back["New"] != again["New"]  # a folder made again is a new folder
+    finally:
+        await store.close()
