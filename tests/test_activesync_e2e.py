@@ -356,3 +356,113 @@ def test_device_rules_block_and_quarantine(eas, users, workdir, certs, dovecot):
         assert wbxml.decode(r.content).text_of("Status") == "142"  # allowed now; next it must provision
     finally:
         stop_gateway(proc)
+
+
+def test_estimate_then_move_between_folders(eas, users, dovecot, certs):
+    m = _imap(dovecot, certs, TABLET, users)
+    with _client(eas, users, TABLET) as c:
+        folders = {f.name: f for f in c.list_folders()}
+        inbox, archive = folders["Inbox"], folders["Archive"]
+        key = c.sync_folder(inbox.id).sync_key
+        m.select("INBOX")
+        before = int(m.search(None, "ALL")[1][0].split()[-1]) if m.search(None, "ALL")[1][0] else 0
+        assert c.get_item_estimate(inbox.id, key) == len(m.search(None, "ALL")[1][0].split()) and before >= 0
+        synced = c.sync_folder(inbox.id, key, window_size=200)
+        assert c.get_item_estimate(inbox.id, synced.sync_key) == 0
+        _append(m, "move me")
+        assert c.get_item_estimate(inbox.id, synced.sync_key) == 1
+        got = c.sync_folder(inbox.id, synced.sync_key)
+        item = next(i for i in got.added if i.fields.get("Email.Subject") == "move me")
+        archive_key = c.sync_folder(archive.id).sync_key
+        archive_key = c.sync_folder(archive.id, archive_key, window_size=200).sync_key
+        new_id = c.move_item(item.server_id, inbox.id, archive.id)
+        assert new_id.startswith(archive.id + ":") and new_id != item.server_id
+        m.select("Archive")
+        assert m.search(None, 'SUBJECT "move me"')[1][0]
+        # Neither folder echoes the device's own move back to it.
+        after = c.sync_folder(inbox.id, got.sync_key)
+        assert item.server_id not in after.deleted
+        arch = c.sync_folder(archive.id, archive_key)
+        assert new_id not in {i.server_id for i in arch.added}
+        with pytest.raises(EASError):
+            c.move_item(item.server_id, inbox.id, archive.id)  # already gone from the source
+    m.logout()
+
+
+def _append_with_attachment(m: imaplib.IMAP4_SSL, subject: str, payload: bytes) -> None:
+    import base64 as b64
+    encoded = b64.encodebytes(payload).decode().replace("\n", "\r\n")
+    msg = (f"From: Sender <sender@example.test>\r\nTo: {TABLET}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+           f"Message-ID: <{uuid.uuid4()}@example.test>\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+           "--zz\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>see the <b>report</b></p>\r\n"
+           "--zz\r\nContent-Type: application/octet-stream; name=report.bin\r\n"
+           "Content-Disposition: attachment; filename=report.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           f"{encoded}--zz--\r\n")
+    assert m.append("INBOX", None, None, msg.encode())[0] == "OK"
+
+
+def test_fetch_body_and_attachment_and_empty_folder(eas, users, dovecot, certs):
+    from pyactivesync import BodyType
+    payload = bytes(range(256)) * 40
+    m = _imap(dovecot, certs, TABLET, users)
+    _append_with_attachment(m, "with attachment", payload)
+    with _client(eas, users, TABLET) as c:
+        folders = {f.name: f for f in c.list_folders()}
+        inbox = folders["Inbox"]
+        key = c.sync_folder(inbox.id).sync_key
+        items = []
+        while True:
+            result = c.sync_folder(inbox.id, key, window_size=100)
+            items += result.added
+            key = result.sync_key
+            if not result.more_available:
+                break
+        item = next(i for i in items if i.fields.get("Email.Subject") == "with attachment")
+        fetched = c.fetch_item(inbox.id, item.server_id, body_type=BodyType.HTML)
+        assert "<b>report</b>" in (fetched.body.data if isinstance(fetched.body.data, str)
+                                   else fetched.body.data.decode())
+        (attachment,) = fetched.attachments
+        assert attachment.display_name == "report.bin"
+        assert c.fetch_attachment(attachment.file_reference) == payload
+        query = {"Cmd": "ItemOperations", "User": TABLET, "DeviceId": c._transport.device_id,
+                 "DeviceType": "pyactivesync"}
+
+        def fetch(reference: str, multipart: bool) -> requests.Response:
+            body = wbxml.encode(Element("ItemOperations", "ItemOperations", [Element("ItemOperations", "Fetch", [
+                Element("ItemOperations", "Store", text="Mailbox"),
+                Element("AirSyncBase", "FileReference", text=reference)])]))
+            return requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync", params=query,
+                                 data=body, auth=(TABLET, users[TABLET]), verify=eas["ca"], timeout=30,
+                                 headers={"Content-Type": WBXML, "MS-ASProtocolVersion": "14.1",
+                                          "MS-ASAcceptMultiPart": "T" if multipart else "F",
+                                          "X-MS-PolicyKey": c._transport.policy_key})
+        for bad in (attachment.file_reference.rsplit(":", 1)[0] + ":9", "nonsense", "1:2:3:4"):
+            doc = wbxml.decode(fetch(bad, False).content)
+            assert doc.find("Response").find("Fetch").text_of("Status") == "15"
+        # The multipart form: the same bytes as a binary part.
+        r = fetch(attachment.file_reference, True)
+        assert r.headers["Content-Type"] == "application/vnd.ms-sync.multipart"
+        import struct
+        count = struct.unpack_from("<i", r.content)[0]
+        table = [struct.unpack_from("<ii", r.content, 4 + 8 * i) for i in range(count)]
+        doc = wbxml.decode(r.content[table[0][0]:table[0][0] + table[0][1]])
+        part = int(doc.find("Response").find("Fetch").find("Properties").text_of("Part"))
+        offset, length = table[part]
+        assert r.content[offset:offset + length] == payload
+    m.logout()
+
+
+def test_empty_folder_contents_empties_deleted_items(eas, users, dovecot, certs):
+    m = _imap(dovecot, certs, TABLET, users)
+    _append(m, "in the trash", folder="Trash")
+    with _client(eas, users, TABLET) as c:
+        trash = next(f for f in c.list_folders() if f.type == FolderType.DELETED_ITEMS)
+        body = wbxml.encode(Element("ItemOperations", "ItemOperations", [
+            Element("ItemOperations", "EmptyFolderContents", [Element("AirSync", "CollectionId", text=trash.id)])]))
+        r = _post(eas, TABLET, users, "ItemOperations", body, policy_key=c._transport.policy_key,
+                  device=c._transport.device_id)
+        doc = wbxml.decode(r.content)
+        assert doc.find("Response").find("EmptyFolderContents").text_of("Status") == "1"
+    m.select("Trash")
+    assert m.search(None, "ALL")[1] == [b""]
+    m.logout()

@@ -222,6 +222,10 @@ class ImapMailStore:
 
     async def list_messages(self, folder: str) -> list[MessageSummary]:
         async with self._exclusive(folder) as conn:
+            if conn.selected == folder:
+                # A session that selected the folder earlier sees other sessions' new messages only after
+                # the server has told it of them; a NOOP makes it do so now.
+                await conn.command(b"NOOP")
             answer = await conn.command(_FETCH_SUMMARY)
         out = [s for d in answer.data("FETCH") if (s := _summary(d)) is not None]
         out.sort(key=lambda m: m.uid)
@@ -250,6 +254,16 @@ class ImapMailStore:
             out.append((summary, body or b""))
         out.sort(key=lambda item: item[0].uid)
         return out
+
+    async def fetch_flags(self, folder: str, uid: int) -> tuple[str, ...]:
+        """One message's flags; NotFound if it is gone."""
+        async with self._exclusive(folder) as conn:
+            answer = await conn.command(b"UID FETCH %d (UID FLAGS)" % uid)
+        for d in answer.data("FETCH"):
+            a = d.attrs()
+            if number(a.get(b"UID", b"0")) == uid:
+                return _names(a.get(b"FLAGS"))
+        raise NotFound(f"message {uid} not in {folder}")
 
     async def move(self, folder: str, uids: Sequence[int], target: str) -> dict[int, int]:
         """Move messages to ``target``; returns old UID -> new UID where the server says (RFC 6851/4315)."""

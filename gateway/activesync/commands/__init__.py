@@ -103,11 +103,14 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldersync, provision, sync
+    from . import foldersync, getitemestimate, itemoperations, moveitems, provision, sync
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
         "Sync": Command(sync.run),
+        "GetItemEstimate": Command(getitemestimate.run),
+        "MoveItems": Command(moveitems.run),
+        "ItemOperations": Command(itemoperations.run),
     }
 
 

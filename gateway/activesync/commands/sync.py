@@ -221,6 +221,22 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     return Element(NS, "Collection", children), True  # a new key must reach the device
 
 
+async def note_move(call: EasCall, source_id: str, uid: int, dest_id: str, new_uid: int,
+                    flags: tuple[str, ...]) -> None:
+    """A device moved a message itself (MoveItems): its latest states of both folders say so, so the
+    source owes it no Delete and the destination sends it no Add."""
+    store, user, device = call.ctx.state, call.user.address, call.device.device_id
+    for collection_id, change in ((source_id, lambda s: s.known.pop(uid, None)),
+                                  (dest_id, lambda s: s.known.__setitem__(new_uid, flag_bits(flags)))):
+        latest = await store.latest_sync_state(user, device, collection_id)
+        if latest is None:
+            continue
+        state = FolderState.load(latest.blob)
+        change(state)
+        state.pending = [u for u in state.pending if u not in (uid, new_uid)]
+        await store.put_sync_state(user, device, collection_id, latest.sync_key, state.dump(), keep=KEEP_STATES)
+
+
 def _rebase(state: FolderState, current: dict[int, int]) -> None:
     """Messages new on the server join the owed list; owed ones that vanished leave it."""
     owed = set(state.pending)
