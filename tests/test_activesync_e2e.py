@@ -466,3 +466,27 @@ def test_empty_folder_contents_empties_deleted_items(eas, users, dovecot, certs)
     m.select("Trash")
     assert m.search(None, "ALL")[1] == [b""]
     m.logout()
+
+
+def test_folder_create_rename_delete_reach_imap(eas, users, dovecot, certs):
+    name = "Projects" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    with _client(eas, users, TABLET) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        made = c.create_folder(name)
+        assert any(name.encode() in line for line in m.list()[1])
+        child = c.create_folder("Sub", parent_id=made.id)
+        assert any(f"{name}/Sub".encode() in line for line in m.list()[1])
+        with pytest.raises(EASError):
+            c.create_folder(name)  # exists
+        c.update_folder(made.id, name + "-renamed")
+        listed = b"\n".join(m.list()[1])
+        assert f"{name}-renamed/Sub".encode() in listed and f'"{name}"'.encode() not in listed
+        after = {f.id: f for f in c.list_folders()}
+        assert after[made.id].name == name + "-renamed" and after[child.id].parent_id == made.id  # ids kept
+        with pytest.raises(EASError):
+            c.delete_folder(inbox.id)  # a default folder cannot go
+        c.delete_folder(made.id)
+        assert name.encode() not in b"\n".join(m.list()[1])
+        assert made.id not in {f.id for f in c.list_folders()}
+    m.logout()

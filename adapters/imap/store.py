@@ -337,3 +337,17 @@ class ImapMailStore:
 
     async def create_folder(self, name: str) -> None:
         await (await self._session()).command(b"CREATE", mailbox(name))
+
+    async def rename_folder(self, old: str, new: str) -> None:
+        async with self._exclusive(None) as conn:
+            if conn.selected is not None and (conn.selected == old or conn.selected.startswith(old)):
+                await conn.command(b"UNSELECT" if "UNSELECT" in conn.capabilities else b"CLOSE")
+                conn.selected = None
+            await conn.command(b"RENAME", mailbox(old), mailbox(new))
+
+    async def delete_folder(self, name: str) -> None:
+        async with self._exclusive(None) as conn:
+            if conn.selected == name:
+                await conn.command(b"UNSELECT" if "UNSELECT" in conn.capabilities else b"CLOSE")
+                conn.selected = None
+            await conn.command(b"DELETE", mailbox(name))

@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldersync, getitemestimate, itemoperations, moveitems, provision, sync
+    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, sync
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -111,6 +111,9 @@ def _registry() -> dict[str, Command]:
         "GetItemEstimate": Command(getitemestimate.run),
         "MoveItems": Command(moveitems.run),
         "ItemOperations": Command(itemoperations.run),
+        "FolderCreate": Command(foldercommands.create),
+        "FolderUpdate": Command(foldercommands.update),
+        "FolderDelete": Command(foldercommands.delete),
     }
 
 
