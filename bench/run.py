@@ -20,7 +20,7 @@ from bench.harness import BenchError, Options, Progress, check_cpus, machine_inf
 
 #: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
 #: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
-BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front"]
+BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync"]
 
 DESCRIPTION = """\
 Measure casgate against a baseline in the same run and write the results.
@@ -44,7 +44,9 @@ Needs: wrk and taskset (Debian packages wrk, util-linux), Dovecot (make install)
 The HTTP benchmarks take about 1.5 minutes together. imap_front runs the peers' IMAP/POP3
 procedure from ../shared/peers/imap (it installs and starts Dovecot and nginx's mail proxy
 there, loopback only) with casgate as a third target: about 3 minutes per round plus 3 for
-the idle-memory tests."""
+the idle-memory tests. eas_sync seeds the bench user's INBOX over IMAP (--eas-messages, 10,000
+by default; seconds to a minute, once) and times a phone's initial ActiveSync Sync of it and 200
+no-change Syncs against the same work done with raw IMAP on Dovecot (at most 3 rounds)."""
 
 
 def _load(name: str):
@@ -71,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
                    help=f"run only this benchmark (repeatable; one of: {', '.join(BENCHMARKS)}); the "
                         "others keep their last results in docs/benchmarks.md")
+    p.add_argument("--eas-messages", type=int, default=10_000, metavar="N",
+                   help="messages in the INBOX eas_sync syncs, 1-100000 (default: %(default)s)")
     p.add_argument("--no-docs", action="store_true",
                    help="print the table only; leave bench/results/ and docs/benchmarks.md alone")
     p.add_argument("--keep-temp", action="store_true",
@@ -83,6 +87,8 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         v = getattr(a, name)
         if not lo <= v <= hi:
             p.error(f"--{name} must be between {lo} and {hi} (got {v})")
+    if not 1 <= a.eas_messages <= 100_000:
+        p.error(f"--eas-messages must be between 1 and 100000 (got {a.eas_messages})")
     if a.server_cpu == a.client_cpu:
         p.error("--server-cpu and --client-cpu must differ, or wrk steals the server's CPU")
 
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 env = start_gateway(stack, opts, progress, keep=a.keep_temp)
                 for name in names:
-                    results[name] = _load(name).run(env, opts, progress)
+                    extra = {"messages": a.eas_messages} if name == "eas_sync" else {}
+                    results[name] = _load(name).run(env, opts, progress, **extra)
             finally:
                 progress.show("stopping every process started for the benchmark")
         progress.clear()

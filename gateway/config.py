@@ -358,6 +358,15 @@ _SCHEMES = {
 }
 
 
+def _host_port(v: str) -> str | None:
+    if not v:
+        return None
+    host, colon, port = v.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or _host_name(host.strip("[]")):
+        return "must be host:port, e.g. mail.example.com:4190"
+    return None
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     type: str = _opt("imap", "Kind of back end.", check=_one_of(*BACKEND_TYPES))
@@ -377,6 +386,10 @@ class BackendConfig:
                                  "own password.")
     master_password: str = _opt("", "Password of master_login (prefer master_password_file).")
     master_password_file: str = _opt("", "File holding the password of master_login (first line).")
+    managesieve: str = _opt("", "IMAP: host:port of the ManageSieve server (RFC 5804, usually port 4190, "
+                                "STARTTLS unless tls = none) that keeps users' Sieve scripts; out-of-office "
+                                "from phones is set there as a vacation rule. Empty: out-of-office is not "
+                                "offered.", check=_host_port)
     home_template: str = _opt("{login}/", "CalDAV/CardDAV: where a user's collections live, relative to url; "
                                           "{login} and {address} are replaced (Radicale: \"{login}/\").")
 

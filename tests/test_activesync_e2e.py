@@ -490,3 +490,27 @@ def test_folder_create_rename_delete_reach_imap(eas, users, dovecot, certs):
         assert name.encode() not in b"\n".join(m.list()[1])
         assert made.id not in {f.id for f in c.list_folders()}
     m.logout()
+
+
+def test_settings_user_and_device_information_and_oof_not_offered(eas, users):
+    device = "SETTINGS" + uuid.uuid4().hex[:6].upper()
+    with _client(eas, users, PHONE, device) as c:
+        key = c.provision()
+        info = Element("Settings", "DeviceInformation", [Element("Settings", "Set", [
+            Element("Settings", "Model", text="Pixel 9"), Element("Settings", "OS", text="Android 16")])])
+        body = wbxml.encode(Element("Settings", "Settings", [
+            info, Element("Settings", "UserInformation", [Element("Settings", "Get")])]))
+        doc = wbxml.decode(_post(eas, PHONE, users, "Settings", body, policy_key=key, device=device).content)
+        assert doc.text_of("Status") == "1" and doc.find("DeviceInformation").text_of("Status") == "1"
+        account = doc.find("UserInformation").find("Get").find("Accounts").find("Account")
+        assert account.text_of("UserDisplayName") == "Phone Example"
+        assert account.find("EmailAddresses").text_of("PrimarySmtpAddress") == PHONE
+        shown = _devices(eas, "show", PHONE, device).stdout
+        assert '"model": "Pixel 9"' in shown and '"os": "Android 16"' in shown
+        # This gateway's back end has no ManageSieve: out-of-office is refused as not offered, not faked.
+        with pytest.raises(EASError):
+            c.get_oof()
+        oof = wbxml.encode(Element("Settings", "Settings", [Element("Settings", "Oof", [
+            Element("Settings", "Get", [Element("Settings", "BodyType", text="Text")])])]))
+        doc = wbxml.decode(_post(eas, PHONE, users, "Settings", oof, policy_key=key, device=device).content)
+        assert doc.find("Oof").text_of("Status") == "7"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from ..config import BackendConfig, Config
 
 if TYPE_CHECKING:
     from adapters.ews import EwsFreeBusy
+    from adapters.sieve import SieveOof
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class Backends:
 
     def mail_store(self, name: str, credentials: Credentials, client_ip: str | None = None) -> ImapMailStore:
         return ImapMailStore(self.imap_endpoint(name), credentials, client_ip)
+
+    def oof(self, name: str, credentials: Credentials, addresses: Sequence[str] = ()) -> SieveOof | None:
+        """The user's out-of-office store (a ManageSieve vacation rule), or None when the back end has none."""
+        b = self.get(name)
+        if not b.managesieve:
+            return None
+        from adapters.sieve import SieveEndpoint, SieveOof
+        host, _, port = b.managesieve.rpartition(":")
+        tls_mode = "none" if b.tls_mode == "none" else "starttls"
+        endpoint = SieveEndpoint(host.strip("[]"), int(port), tls_mode,
+                                 self.ssl_context(name) if tls_mode != "none" else None, b.timeout)
+        return SieveOof(endpoint, credentials, addresses)
 
     def ews_freebusy(self, name: str, credentials: Credentials) -> EwsFreeBusy:
         """The free/busy client of an EWS back end for one login, kept so its sessions and version are reused."""

@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, sync
+    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, settings, sync
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -114,6 +114,7 @@ def _registry() -> dict[str, Command]:
         "FolderCreate": Command(foldercommands.create),
         "FolderUpdate": Command(foldercommands.update),
         "FolderDelete": Command(foldercommands.delete),
+        "Settings": Command(settings.run),
     }
 
 
