@@ -514,3 +514,21 @@ def test_settings_user_and_device_information_and_oof_not_offered(eas, users):
             Element("Settings", "Get", [Element("Settings", "BodyType", text="Text")])])]))
         doc = wbxml.decode(_post(eas, PHONE, users, "Settings", oof, policy_key=key, device=device).content)
         assert doc.find("Oof").text_of("Status") == "7"
+
+
+def test_validate_cert_over_the_wire(eas, users, certs):
+    import base64 as b64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    server = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    device = "CERTS" + uuid.uuid4().hex[:6].upper()
+    with _client(eas, users, PHONE, device) as c:
+        key = c.provision()
+    body = wbxml.encode(Element("ValidateCert", "ValidateCert", [Element("ValidateCert", "Certificates", [
+        Element("ValidateCert", "Certificate", text=b64.b64encode(server.public_bytes(Encoding.DER)).decode()),
+        Element("ValidateCert", "Certificate", text="bm90IGEgY2VydGlmaWNhdGU=")])]))
+    doc = wbxml.decode(_post(eas, PHONE, users, "ValidateCert", body, policy_key=key, device=device).content)
+    statuses = [c.text_of("Status") for c in doc.findall("Certificate")]
+    # The dev certificate chains to the trusted dev CA, but it is a TLS server certificate, not an e-mail one.
+    assert doc.text_of("Status") == "1" and statuses == ["6", "5"]

@@ -97,3 +97,43 @@ async def test_folder_ids_are_stable_and_shared(tmp_path):
         assert back["New"] != again["New"]  # a folder made again is a new folder
     finally:
         await store.close()
+
+
+def _cert(subject: str, issuer_name: str, key, issuer_key, *, ca=False, days=(-1, 30), eku=None):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_validate_cert_statuses():
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID as E
+
+    from gateway.activesync.commands import validatecert as vc
+    root_key, mid_key, leaf_key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    root = _cert("Root", "Root", root_key, root_key, ca=True, days=(-10, 3650))
+    mid = _cert("Mid", "Root", mid_key, root_key, ca=True, days=(-10, 3650))
+    now = dt.datetime.now(dt.timezone.utc)
+    good = _cert("alice", "Mid", leaf_key, mid_key, eku=[E.EMAIL_PROTECTION])
+    assert vc.check(good, [mid], (root,), now) == vc.OK
+    assert vc.check(good, [], (root,), now) == vc.UNTRUSTED  # the intermediate is missing
+    assert vc.check(good, [mid], (), now) == vc.UNTRUSTED
+    assert vc.check(_cert("a", "Mid", leaf_key, mid_key, days=(-30, -1)), [mid], (root,), now) == vc.EXPIRED
+    assert vc.check(_cert("a", "Mid", leaf_key, mid_key, eku=[E.SERVER_AUTH]), [mid], (root,), now) == vc.NOT_FOR_EMAIL
+    forged = _cert("a", "Mid", leaf_key, other_key, eku=[E.EMAIL_PROTECTION])  # names Mid, signed by someone else
+    assert vc.check(forged, [mid], (root,), now) == vc.BAD_SIGNATURE
+    assert vc.check(root, [], (root,), now) == vc.OK

@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, settings, sync
+    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, settings, sync, validatecert
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -115,6 +115,7 @@ def _registry() -> dict[str, Command]:
         "FolderUpdate": Command(foldercommands.update),
         "FolderDelete": Command(foldercommands.delete),
         "Settings": Command(settings.run),
+        "ValidateCert": Command(validatecert.run),
     }
 
 
