@@ -532,3 +532,49 @@ def test_validate_cert_over_the_wire(eas, users, certs):
     statuses = [c.text_of("Status") for c in doc.findall("Certificate")]
     # The dev certificate chains to the trusted dev CA, but it is a TLS server certificate, not an e-mail one.
     assert doc.text_of("Status") == "1" and statuses == ["6", "5"]
+
+
+def test_search_the_mailbox(eas, users, dovecot, certs):
+    import datetime as dt
+    marker = "zebra" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    for i in range(3):
+        _append(m, f"{marker} number {i}")
+    _append(m, "unrelated", folder="Archive")
+    with _client(eas, users, TABLET) as c:
+        folders = {f.name: f for f in c.list_folders()}
+        inbox = folders["Inbox"]
+        yesterday = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        recent = c.search_mailbox(inbox.id, date_received_after=yesterday, max_results=100)
+        assert {f"{marker} number {i}" for i in range(3)} <= {r.get("Email.Subject") for r in recent}
+        future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        assert c.search_mailbox(inbox.id, date_received_after=future) == []
+
+        def free_text(text: str, collection: str | None, window: str = "0-1") -> Element:
+            terms = [Element("AirSync", "Class", text="Email")]
+            if collection:
+                terms.append(Element("AirSync", "CollectionId", text=collection))
+            terms.append(Element("Search", "FreeText", text=text))
+            body = wbxml.encode(Element("Search", "Search", [Element("Search", "Store", [
+                Element("Search", "Name", text="Mailbox"),
+                Element("Search", "Query", [Element("Search", "And", terms)]),
+                Element("Search", "Options", [Element("Search", "Range", text=window)])])]))
+            r = _post(eas, TABLET, users, "Search", body, policy_key=c._transport.policy_key,
+                      device=c._transport.device_id)
+            return wbxml.decode(r.content).find("Response").find("Store")
+
+        store = free_text(marker, None)  # all folders
+        assert store.text_of("Status") == "1" and store.text_of("Total") == "3"
+        results = store.findall("Result")
+        assert len(results) == 2 and store.text_of("Range") == "0-1"
+        long_id = results[0].text_of("LongId")
+        assert long_id.startswith(inbox.id + ":") and marker in results[0].find("Properties").text_of("Subject", "Email")
+        fetched = c.fetch_item(inbox.id, long_id)
+        assert marker in fetched.fields.get("Email.Subject", "")
+        assert free_text(marker, folders["Archive"].id).text_of("Total") == "0"
+        gal = wbxml.encode(Element("Search", "Search", [Element("Search", "Store", [
+            Element("Search", "Name", text="GAL"), Element("Search", "Query", text="x")])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "Search", gal, policy_key=c._transport.policy_key,
+                                 device=c._transport.device_id).content)
+        assert doc.find("Response").find("Store").text_of("Status") == "2"  # not offered yet, said so
+    m.logout()

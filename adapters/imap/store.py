@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from ..errors import BackendError, BackendUnavailable, InvalidData, NotFound
 from ..interfaces import Credentials, Folder, FolderStatus, MessageSummary
 from .connect import ImapEndpoint
-from .wire import (Answer, Data, ImapConnection, Literal, decode_mailbox, flag_list, internal_date, mailbox,
-                   number)
+from .wire import (Answer, Data, ImapConnection, Literal, astring, decode_mailbox, flag_list, internal_date,
+                   mailbox, number)
 
 _SPECIAL = {"\\SENT", "\\DRAFTS", "\\TRASH", "\\JUNK", "\\ARCHIVE", "\\ALL", "\\FLAGGED"}
 _FETCH_SUMMARY = b"UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)"
@@ -253,6 +253,30 @@ class ImapMailStore:
                 continue
             out.append((summary, body or b""))
         out.sort(key=lambda item: item[0].uid)
+        return out
+
+    async def search(self, folder: str, text: str = "", since: dt.date | None = None,
+                     before: dt.date | None = None) -> list[MessageSummary]:
+        """Messages whose headers or body contain ``text`` (IMAP SEARCH TEXT, UTF-8), received on or after
+        ``since`` and before ``before``, with their summaries, newest first."""
+        criteria: list[bytes | Literal] = [b"UID SEARCH CHARSET UTF-8"]
+        if text:
+            criteria += [b"TEXT", astring(text.encode("utf-8"))]
+        if since is not None:
+            criteria += [b"SINCE", since.strftime("%d-%b-%Y").encode()]
+        if before is not None:
+            criteria += [b"BEFORE", before.strftime("%d-%b-%Y").encode()]
+        if len(criteria) == 1:
+            criteria.append(b"ALL")
+        async with self._exclusive(folder) as conn:
+            await conn.command(b"NOOP")
+            found = await conn.command(*criteria)
+            uids = [number(x) for d in found.data("SEARCH") for x in d.items if type(x) is bytes and x.isdigit()]
+            if not uids:
+                return []
+            answer = await conn.command(b"UID FETCH", _uid_set(uids), b"(UID RFC822.SIZE FLAGS INTERNALDATE)")
+        out = [s for d in answer.data("FETCH") if (s := _summary(d)) is not None]
+        out.sort(key=lambda m: m.uid, reverse=True)
         return out
 
     async def fetch_flags(self, folder: str, uid: int) -> tuple[str, ...]:
