@@ -234,6 +234,13 @@ class ActiveSyncConfig:
                                                 "(casgate devices) outranks them.", factory=True)
     default_access: str = _opt("allow", "Access of a device no rule matches: allow, block or quarantine.",
                                check=_one_of(*DEVICE_ACCESS))
+    ping_min_heartbeat: int = _opt(60, "Shortest HeartbeatInterval a Ping or a waiting Sync may ask for, in "
+                                       "seconds (shorter ones are answered with this bound).", check=_positive)
+    ping_max_heartbeat: int = _opt(3540, "Longest HeartbeatInterval, in seconds (Exchange's default).",
+                                   check=_positive)
+    ping_max_folders: int = _opt(300, "Most folders one Ping may watch.", check=_positive)
+    ping_check_interval: float = _opt(5.0, "Seconds between a held Ping's looks at its folders.",
+                                      check=_positive)
     mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
                                          "last request, so the next sync skips the login.", check=_positive)
 

@@ -27,8 +27,9 @@ WBXML = "application/vnd.ms-sync.wbxml"
 def eas(workdir, certs, dovecot):
     root = workdir / f"eas-{free_port()}"
     https = free_port()
-    write_config(root, config_toml(certs, dovecot, https=https, extra='[domains."example.test"]\nimap = "dovecot"\n'),
-                 users_toml([PHONE, TABLET]))
+    extra = ('[domains."example.test"]\nimap = "dovecot"\n'
+             "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 0.2\n")
+    write_config(root, config_toml(certs, dovecot, https=https, extra=extra), users_toml([PHONE, TABLET]))
     proc = start_gateway(root, [https])
     yield {"port": https, "ca": str(certs.ca_cert), "root": root}
     stop_gateway(proc)
@@ -577,4 +578,38 @@ def test_search_the_mailbox(eas, users, dovecot, certs):
         doc = wbxml.decode(_post(eas, TABLET, users, "Search", gal, policy_key=c._transport.policy_key,
                                  device=c._transport.device_id).content)
         assert doc.find("Response").find("Store").text_of("Status") == "2"  # not offered yet, said so
+    m.logout()
+
+
+def test_ping_empty_change_set_then_a_new_message(eas, users, dovecot, certs):
+    import threading
+    m = _imap(dovecot, certs, TABLET, users)
+    with _client(eas, users, TABLET) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        key = c.sync_folder(inbox.id).sync_key
+        while True:
+            result = c.sync_folder(inbox.id, key, window_size=200)
+            key = result.sync_key
+            if not result.more_available:
+                break
+        t0 = time.monotonic()
+        quiet = c.ping([inbox.id], heartbeat=2)
+        assert quiet.status == "1" and not quiet.changed_folder_ids and 1.5 < time.monotonic() - t0 < 10
+        timer = threading.Timer(0.5, lambda: _append(m, "ping wake"))
+        timer.start()
+        t0 = time.monotonic()
+        woken = c.ping([inbox.id], heartbeat=30)
+        timer.join()
+        assert woken.status == "2" and woken.changed_folder_ids == [inbox.id]
+        assert time.monotonic() - t0 < 5
+        got = c.sync_folder(inbox.id, key)
+        assert [i.fields.get("Email.Subject") for i in got.added] == ["ping wake"]
+        # Out-of-range heartbeat: Status 5 with the bound.
+        body = wbxml.encode(Element("Ping", "Ping", [Element("Ping", "HeartbeatInterval", text="99999"),
+                                                    Element("Ping", "Folders", [Element("Ping", "Folder", [
+                                                        Element("Ping", "Id", text=inbox.id),
+                                                        Element("Ping", "Class", text="Email")])])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "Ping", body, policy_key=c._transport.policy_key,
+                                 device=c._transport.device_id).content)
+        assert doc.text_of("Status") == "5" and doc.text_of("HeartbeatInterval") == "3540"
     m.logout()

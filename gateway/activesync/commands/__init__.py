@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, provision, search, settings, sync, validatecert
+    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -117,6 +117,7 @@ def _registry() -> dict[str, Command]:
         "Settings": Command(settings.run),
         "ValidateCert": Command(validatecert.run),
         "Search": Command(search.run),
+        "Ping": Command(ping.run),
     }
 
 

@@ -53,17 +53,18 @@ class FolderState:
     known: dict[int, int] = field(default_factory=dict)  # UID -> READ|FLAGGED bits the device has
     pending: list[int] = field(default_factory=list)     # UIDs still to send, newest first
     filter_type: int = 0
+    relist: bool = False  # the marks were read after the device's own changes: list the folder next time
 
     def dump(self) -> bytes:
         uids = sorted(self.known)
         doc = {"v": self.uidvalidity, "m": list(self.marks), "u": uids, "b": [self.known[u] for u in uids],
-               "p": self.pending, "f": self.filter_type}
+               "p": self.pending, "f": self.filter_type, "r": self.relist}
         return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 3)
 
     @classmethod
     def load(cls, blob: bytes) -> FolderState:
         doc = json.loads(zlib.decompress(blob))
-        return cls(doc["v"], tuple(doc["m"]), dict(zip(doc["u"], doc["b"])), doc["p"], doc["f"])
+        return cls(doc["v"], tuple(doc["m"]), dict(zip(doc["u"], doc["b"])), doc["p"], doc["f"], doc.get("r", False))
 
 
 def _marks(status: FolderStatus) -> tuple[int | None, int, int]:
@@ -185,15 +186,16 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
 
     responses: list[Element] = []
     current: dict[int, int] | None = None
-    if commands is not None or _marks(status) != tuple(state.marks) or state.marks[0] is None:
+    if commands is not None or _marks(status) != tuple(state.marks) or state.marks[0] is None or state.relist:
         listing = in_window(await store.list_messages(folder), state.filter_type)
         current = {m.uid: flag_bits(m.flags) for m in listing}
     if commands is not None:
         responses = await _client_commands(call, store, folder, collection_id, commands, state, current or {},
                                            deletes_as_moves, body_options)
-        # Our own changes are in `current` and `state.known` already; the next request lists the folder
-        # again rather than trust counters that may also cover a message that arrived meanwhile.
-        status = FolderStatus(0, 0, 0, state.uidvalidity, None)
+        # Our own changes are in `current` and `state.known` already. The counters read now also cover
+        # them (so a Ping does not wake for them), but they may cover a message that arrived meanwhile
+        # too: the next Sync lists the folder rather than trust them.
+        status = await store.status(folder)
 
     items: list[Element] = []
     more = False
@@ -203,6 +205,7 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
         items, more = await _server_changes(call, store, folder, collection_id, state, current, window,
                                             body_options)
     state.marks = _marks(status)
+    state.relist = commands is not None
     if not items and not responses and not more and commands is None:
         if current is not None:  # listed, and nothing changed: remember the counters, keep the key
             await state_store.put_sync_state(user, device, collection_id, key, state.dump(), keep=KEEP_STATES)
