@@ -24,10 +24,11 @@ WBXML = "application/vnd.ms-sync.wbxml"
 
 
 @pytest.fixture(scope="session")
-def eas(workdir, certs, dovecot):
+def eas(workdir, certs, dovecot, submission):
     root = workdir / f"eas-{free_port()}"
     https = free_port()
-    extra = ('[domains."example.test"]\nimap = "dovecot"\n'
+    extra = (f'[backends.submission]\ntype = "smtp"\nurl = "smtp://127.0.0.1:{submission.port}"\ntls = "starttls"\n'
+             '[domains."example.test"]\nimap = "dovecot"\nsmtp = "submission"\n'
              "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 0.2\n")
     write_config(root, config_toml(certs, dovecot, https=https, extra=extra), users_toml([PHONE, TABLET]))
     proc = start_gateway(root, [https])
@@ -612,4 +613,136 @@ def test_ping_empty_change_set_then_a_new_message(eas, users, dovecot, certs):
         doc = wbxml.decode(_post(eas, TABLET, users, "Ping", body, policy_key=c._transport.policy_key,
                                  device=c._transport.device_id).content)
         assert doc.text_of("Status") == "5" and doc.text_of("HeartbeatInterval") == "3540"
+    m.logout()
+
+
+async def test_send_reply_forward_through_smtp_with_a_copy_in_sent(eas, users, dovecot, certs):
+    """Async: the SMTP submission fixture runs on this test's event loop, so the blocking client runs in a thread."""
+    import asyncio
+    import email
+    from email.message import EmailMessage
+    marker = "sendtest" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    p = _imap(dovecot, certs, PHONE, users)
+
+    def found(box: imaplib.IMAP4_SSL, folder: str, subject: str) -> list[bytes]:
+        box.select(folder)
+        hits = box.search(None, "SUBJECT", f'"{subject}"')[1][0].split()
+        return [box.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in hits]
+
+    def phone_side():
+        with _client(eas, users, TABLET) as c:
+            msg = EmailMessage()
+            msg["From"] = "Someone Else <ceo@example.test>"  # no send-as: the gateway puts the user in
+            msg["To"] = PHONE
+            msg["Bcc"] = "carol@example.test"
+            msg["Subject"] = marker
+            msg.set_content("hello from the phone")
+            client_id = uuid.uuid4().hex
+            c.send_mail(msg, client_id=client_id)
+            with pytest.raises(EASError):
+                c.send_mail(msg, client_id=client_id)  # the retry of a sent message is not sent again
+            return c
+    await asyncio.to_thread(phone_side)
+    for _ in range(50):
+        if found(p, "INBOX", marker):
+            break
+        await asyncio.sleep(0.1)
+    received = found(p, "INBOX", marker)
+    assert len(received) == 1
+    parsed = email.message_from_bytes(received[0])
+    assert TABLET in parsed["From"] and parsed["Bcc"] is None and "hello from the phone" in parsed.get_payload()
+    sent = found(m, "Sent", marker)
+    assert len(sent) == 1 and b"carol@example.test" in sent[0]  # the Sent copy keeps the Bcc
+
+    # Reply and forward, with the original appended and its attachment carried over.
+    payload = bytes(range(200)) * 10
+    _append_with_attachment(m, marker + " original", payload)
+
+    def reply_and_forward():
+        with _client(eas, users, TABLET) as c:
+            inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+            key = c.sync_folder(inbox.id).sync_key
+            items = []
+            while True:
+                result = c.sync_folder(inbox.id, key, window_size=200)
+                items += result.added
+                key = result.sync_key
+                if not result.more_available:
+                    break
+            original = next(i for i in items if i.fields.get("Email.Subject") == marker + " original")
+            for command, subject in (("SmartReply", "Re: " + marker), ("SmartForward", "Fwd: " + marker)):
+                mime = (f"From: {TABLET}\r\nTo: {PHONE}\r\nSubject: {subject}\r\n"
+                        "Content-Type: text/plain; charset=utf-8\r\n\r\nmy answer\r\n").encode()
+                body = wbxml.encode(Element("ComposeMail", command, [
+                    Element("ComposeMail", "ClientId", text=uuid.uuid4().hex),
+                    Element("ComposeMail", "Source", [Element("ComposeMail", "FolderId", text=inbox.id),
+                                                      Element("ComposeMail", "ItemId", text=original.server_id)]),
+                    Element("ComposeMail", "Mime", opaque=mime)]))
+                r = _post(eas, TABLET, users, command, body, policy_key=c._transport.policy_key,
+                          device=c._transport.device_id)
+                assert r.status_code == 200 and r.content == b"", r.content
+    await asyncio.to_thread(reply_and_forward)
+    for _ in range(50):
+        if found(p, "INBOX", "Fwd: " + marker) and found(p, "INBOX", "Re: " + marker):
+            break
+        await asyncio.sleep(0.1)
+    reply = email.message_from_bytes(found(p, "INBOX", "Re: " + marker)[0])
+    text = reply.get_payload(decode=True).decode() if not reply.is_multipart() else reply.as_string()
+    assert "my answer" in text and "see the" in text  # the original is quoted below
+    forward = email.message_from_bytes(found(p, "INBOX", "Fwd: " + marker)[0])
+    attachments = [part.get_payload(decode=True) for part in forward.walk() if part.get_filename() == "report.bin"]
+    assert attachments == [payload]
+    m.select("INBOX")
+    flags = m.fetch(m.search(None, "SUBJECT", f'"{marker} original"')[1][0], "(FLAGS)")[1][0]
+    assert b"\\Answered" in flags and b"$Forwarded" in flags
+    m.logout()
+    p.logout()
+
+
+async def test_protocol_12_1_raw_mime_sendmail_with_save_in_sent(eas, users, dovecot, certs):
+    """Before 14.0 SendMail's body is the message itself (Content-Type message/rfc822), SaveInSent in the query."""
+    import asyncio
+    marker = "raw121" + uuid.uuid4().hex[:6]
+    device = "RAW121" + uuid.uuid4().hex[:6].upper()
+
+    def device_side():
+        provision = wbxml.encode(Element("Provision", "Provision", [Element("Provision", "Policies", [
+            Element("Provision", "Policy", [Element("Provision", "PolicyType", text="MS-EAS-Provisioning-WBXML")])])]))
+        first = wbxml.decode(_post(eas, TABLET, users, "Provision", provision, device=device, version="12.1").content)
+        temporary = first.find("Policies").find("Policy").text_of("PolicyKey")
+        ack = wbxml.encode(Element("Provision", "Provision", [Element("Provision", "Policies", [
+            Element("Provision", "Policy", [Element("Provision", "PolicyType", text="MS-EAS-Provisioning-WBXML"),
+                                            Element("Provision", "PolicyKey", text=temporary),
+                                            Element("Provision", "Status", text="1")])])]))
+        final = wbxml.decode(_post(eas, TABLET, users, "Provision", ack, device=device, version="12.1",
+                                   policy_key=temporary).content).find("Policies").find("Policy").text_of("PolicyKey")
+        mime = (f"From: {TABLET}\r\nTo: {PHONE}\r\nSubject: {marker}\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n\r\nsent the old way\r\n").encode()
+        r = requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync",
+                          params={"Cmd": "SendMail", "User": TABLET, "DeviceId": device, "DeviceType": "OldPhone",
+                                  "SaveInSent": "T"},
+                          data=mime, auth=(TABLET, users[TABLET]), verify=eas["ca"], timeout=30,
+                          headers={"Content-Type": "message/rfc822", "MS-ASProtocolVersion": "12.1",
+                                   "X-MS-PolicyKey": final})
+        assert r.status_code == 200 and r.content == b""
+        bad = requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync",
+                            params={"Cmd": "SendMail", "User": TABLET, "DeviceId": device, "DeviceType": "OldPhone"},
+                            data=b"Subject: nobody to send to\r\n\r\nx\r\n", auth=(TABLET, users[TABLET]),
+                            verify=eas["ca"], timeout=30,
+                            headers={"Content-Type": "message/rfc822", "MS-ASProtocolVersion": "12.1",
+                                     "X-MS-PolicyKey": final})
+        assert bad.status_code == 500  # before 14.0 a failed send is an HTTP error
+    await asyncio.to_thread(device_side)
+    p = _imap(dovecot, certs, PHONE, users)
+    m = _imap(dovecot, certs, TABLET, users)
+    for _ in range(50):
+        p.select("INBOX")
+        if p.search(None, "SUBJECT", f'"{marker}"')[1][0]:
+            break
+        await asyncio.sleep(0.1)
+    assert p.search(None, "SUBJECT", f'"{marker}"')[1][0]
+    m.select("Sent")
+    assert m.search(None, "SUBJECT", f'"{marker}"')[1][0]
+    p.logout()
     m.logout()

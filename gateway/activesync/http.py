@@ -111,7 +111,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if raw is None:
         return _text(413, f"the request is larger than {cfg.max_request_bytes} bytes")
     body = None
-    if raw and command.wbxml_body:
+    wbxml_body = command.wbxml_body if command.wbxml_body is not None else _at_least(req.version, (14, 0))
+    if raw and wbxml_body:
         try:
             body = wbxml.decode(raw)
         except wbxml.WbxmlError as exc:
@@ -152,6 +153,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200, headers={"Cache-Control": "private",
                                                  "MS-Server-ActiveSync": SERVER_VERSION})
     return _reply(request, answer)
+
+
+def _at_least(version: str, wanted: tuple[int, int]) -> bool:
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor or 0)) >= wanted
 
 
 def _refusal(device, policy_key: int | None, check_policy: bool) -> tuple[int, int] | None:

@@ -18,6 +18,7 @@ from ..config import BackendConfig, Config
 if TYPE_CHECKING:
     from adapters.ews import EwsFreeBusy
     from adapters.sieve import SieveOof
+    from adapters.smtp import SmtpSubmission
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ class Backends:
 
     def mail_store(self, name: str, credentials: Credentials, client_ip: str | None = None) -> ImapMailStore:
         return ImapMailStore(self.imap_endpoint(name), credentials, client_ip)
+
+    def submission(self, name: str, credentials: Credentials) -> SmtpSubmission:
+        """Sending as the user through an SMTP submission back end (RFC 6409), logged in with their password."""
+        from adapters.smtp import SmtpSubmission
+        b = self.get(name)
+        ca = b.ca_file or self.config.tls.ca_file
+        return SmtpSubmission(b.host, b.port, b.tls_mode, credentials, str(self.config.path(ca)) if ca else None,
+                              b.timeout)
 
     def oof(self, name: str, credentials: Credentials, addresses: Sequence[str] = ()) -> SieveOof | None:
         """The user's out-of-office store (a ManageSieve vacation rule), or None when the back end has none."""

@@ -80,7 +80,7 @@ class EasCall:
 class Command:
     run: Callable[[EasCall], Awaitable[Element | None]]
     needs_policy: bool = True   # refused until the device has provisioned (when provisioning is required)
-    wbxml_body: bool = True     # False: the body is raw (pre-14 SendMail MIME), passed as call.raw
+    wbxml_body: bool | None = True  # None: WBXML from 14.0 on, raw MIME before (SendMail...), as call.raw
 
 
 #: Root element (code page, name) of each command's response, where a Status can be put.
@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
+    from . import composemail, foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -118,6 +118,9 @@ def _registry() -> dict[str, Command]:
         "ValidateCert": Command(validatecert.run),
         "Search": Command(search.run),
         "Ping": Command(ping.run),
+        "SendMail": Command(composemail.send_mail, wbxml_body=None),
+        "SmartReply": Command(composemail.smart_reply, wbxml_body=None),
+        "SmartForward": Command(composemail.smart_forward, wbxml_body=None),
     }
 
 
