@@ -27,10 +27,12 @@ WBXML = "application/vnd.ms-sync.wbxml"
 def eas(workdir, certs, dovecot, submission):
     root = workdir / f"eas-{free_port()}"
     https = free_port()
-    extra = (f'[backends.submission]\ntype = "smtp"\nurl = "smtp://127.0.0.1:{submission.port}"\ntls = "starttls"\n'
+    extra = (f'[backends.dead]\ntype = "imap"\nurl = "imap://127.0.0.1:{free_port()}"\ntls = "none"\ntimeout = 2\n'
+             f'[backends.submission]\ntype = "smtp"\nurl = "smtp://127.0.0.1:{submission.port}"\ntls = "starttls"\n'
              '[domains."example.test"]\nimap = "dovecot"\nsmtp = "submission"\n'
              "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 0.2\n")
-    write_config(root, config_toml(certs, dovecot, https=https, extra=extra), users_toml([PHONE, TABLET]))
+    write_config(root, config_toml(certs, dovecot, https=https, extra=extra),
+                 users_toml([PHONE, TABLET], '[[user]]\naddress = "dan@example.test"\nimap = "dead"\n'))
     proc = start_gateway(root, [https])
     yield {"port": https, "ca": str(certs.ca_cert), "root": root}
     stop_gateway(proc)
@@ -742,6 +744,69 @@ async def test_protocol_12_1_raw_mime_sendmail_with_save_in_sent(eas, users, dov
             break
         await asyncio.sleep(0.1)
     assert p.search(None, "SUBJECT", f'"{marker}"')[1][0]
+    m.select("Sent")
+    assert m.search(None, "SUBJECT", f'"{marker}"')[1][0]
+    p.logout()
+    m.logout()
+
+
+def test_a_mail_store_that_is_down_gives_503_with_retry_after(eas):
+    r = requests.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync",
+                      params={"Cmd": "FolderSync", "User": "dan@example.test", "DeviceId": "DOWN1",
+                              "DeviceType": "TestPhone"}, data=_folder_sync(), auth=("dan@example.test", "whatever"),
+                      verify=eas["ca"], timeout=30, headers={"Content-Type": WBXML, "MS-ASProtocolVersion": "14.1"})
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+
+
+async def test_16_drafts_created_retried_and_sent(eas, users, dovecot, certs):
+    import asyncio
+    from email.message import EmailMessage
+    marker = "draft" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+
+    def device_side():
+        with _client(eas, users, TABLET) as c:
+            folders = {f.type: f for f in c.list_folders()}
+            drafts, inbox = folders[FolderType.DRAFTS], folders[FolderType.INBOX]
+            key = c.sync_folder(drafts.id).sync_key
+            key = c.sync_folder(drafts.id, key).sync_key
+            msg = EmailMessage()
+            msg["To"] = PHONE
+            msg["Subject"] = marker
+            msg.set_content("a draft body")
+            made = c.create_email_draft(drafts.id, key, msg, client_id="draft-1")
+            assert made.status == "1" and made.server_id.startswith(drafts.id + ":")
+            # The answer was lost: the device sends the same Add with the same key again.
+            again = c.create_email_draft(drafts.id, key, msg, client_id="draft-1")
+            assert again.server_id == made.server_id and again.sync_key == made.sync_key
+            # Not a draft folder: refused, not faked.
+            inbox_key = c.sync_folder(inbox.id).sync_key
+            refused = c.create_email_draft(inbox.id, inbox_key, msg, client_id="not-a-draft")
+            assert refused.status == "6" and refused.server_id is None
+            # Send the draft: Email2:Send in a Change.
+            body = wbxml.encode(Element("AirSync", "Sync", [Element("AirSync", "Collections", [
+                Element("AirSync", "Collection", [
+                    Element("AirSync", "SyncKey", text=made.sync_key), Element("AirSync", "CollectionId", text=drafts.id),
+                    Element("AirSync", "Commands", [Element("AirSync", "Change", [
+                        Element("AirSync", "ServerId", text=made.server_id),
+                        Element("AirSync", "ApplicationData", [Element("Email2", "Send")])])])])])]))
+            r = _post(eas, TABLET, users, "Sync", body, version="16.1", policy_key=c._transport.policy_key,
+                      device=c._transport.device_id)
+            collection = wbxml.decode(r.content).find("Collections").find("Collection")
+            assert collection.text_of("Status") == "1"
+            deleted = [d.text_of("ServerId") for d in collection.find("Commands").findall("Delete")]
+            assert deleted == [made.server_id]
+    m.select("Drafts")
+    await asyncio.to_thread(device_side)
+    m.select("Drafts")
+    assert m.search(None, "SUBJECT", f'"{marker}"')[1] == [b""]  # sent, so no longer a draft
+    p = _imap(dovecot, certs, PHONE, users)
+    for _ in range(50):
+        p.select("INBOX")
+        if p.search(None, "SUBJECT", f'"{marker}"')[1][0]:
+            break
+        await asyncio.sleep(0.1)
+    assert len(p.search(None, "SUBJECT", f'"{marker}"')[1][0].split()) == 1
     m.select("Sent")
     assert m.search(None, "SUBJECT", f'"{marker}"')[1][0]
     p.logout()

@@ -15,7 +15,7 @@ import logging
 
 from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable, QuotaExceeded
 
-from ..compose import ComposeError, compose
+from ..compose import ComposeError, Outgoing, compose
 from ..folders import SENT, folder_types
 from ..wbxml import Element
 from . import EasCall, EasError
@@ -90,18 +90,35 @@ async def _run(call: EasCall, command: str, mode: str) -> Element | None:
     except ComposeError as exc:
         raise _status(call, command, int(exc.status), str(exc)) from None
 
+    await submit(call, command, outgoing, save, sent_key if client_id else None)
+    if original_folder is not None and original_uid is not None:
+        try:
+            await store.set_flags(original_folder, [original_uid], ["\\Answered" if mode == "reply" else "$Forwarded"])
+        except BackendError as exc:
+            log.warning("sent, but the original's flag failed", extra={
+                "event": "eas-sent", "user": call.user.address, "error": str(exc)[:200]})
+    return None
+
+
+async def submit(call: EasCall, command: str, outgoing: Outgoing, save: bool, claim: str | None) -> None:
+    """Send through the user's SMTP back end, then (if asked) keep the copy in Sent Items.
+
+    ``claim`` is a state key taken before sending and given back if sending fails, so a retry of a
+    request whose answer was lost finds it taken; errors become EasError with the right status.
+    """
+    state = call.ctx.state
     smtp = call.ctx.directory.route(call.user, "smtp")
     if not smtp:
         raise _status(call, command, SUBMISSION_FAILED, "no SMTP submission back end for this user")
-    if client_id:  # claimed before sending: a retry racing this request finds it taken
-        await state.kv_set(_SENT_NS, sent_key, b"sending", ttl=_SENT_TTL)
+    if claim:  # claimed before sending: a retry racing this request finds it taken
+        await state.kv_set(_SENT_NS, claim, b"sending", ttl=_SENT_TTL)
     try:
         await call.ctx.backends.submission(smtp, call.creds).send(outgoing.sender, outgoing.recipients,
                                                                    outgoing.message)
     except BaseException as exc:
-        if client_id:
-            await state.kv_delete(_SENT_NS, sent_key)  # not sent: a retry may try again
-        if isinstance(exc, (QuotaExceeded,)):
+        if claim:
+            await state.kv_delete(_SENT_NS, claim)  # not sent: a retry may try again
+        if isinstance(exc, QuotaExceeded):
             raise _status(call, command, QUOTA, str(exc)) from None
         if isinstance(exc, (BackendUnavailable, AuthenticationFailed)):
             raise _status(call, command, RETRY_LATER, str(exc)) from None
@@ -111,19 +128,18 @@ async def _run(call: EasCall, command: str, mode: str) -> Element | None:
         raise
     log.info("mail sent", extra={"event": "eas-sent", "user": call.user.address, "command": command,
                                  "recipients": len(outgoing.recipients), "bytes": len(outgoing.message)})
+    if not save:
+        return
     # Sent: from here on nothing may fail the request (a retry would send it again).
     try:
-        if save:
-            folders = await store.list_folders()
-            sent = next((name for name, kind in folder_types(folders).items() if kind == SENT), None)
-            if sent is not None:
-                await store.append(sent, outgoing.sent_copy, ["\\Seen"])
-        if original_folder is not None and original_uid is not None:
-            await store.set_flags(original_folder, [original_uid], ["\\Answered" if mode == "reply" else "$Forwarded"])
+        store = await call.mailbox()
+        folders = await store.list_folders()
+        sent = next((name for name, kind in folder_types(folders).items() if kind == SENT), None)
+        if sent is not None:
+            await store.append(sent, outgoing.sent_copy, ["\\Seen"])
     except BackendError as exc:
-        log.warning("sent, but the copy or flag failed", extra={"event": "eas-sent", "user": call.user.address,
-                                                                 "error": str(exc)[:200]})
-    return None
+        log.warning("sent, but the copy in Sent Items failed", extra={
+            "event": "eas-sent", "user": call.user.address, "error": str(exc)[:200]})
 
 
 def _status(call: EasCall, command: str, status: int, why: str) -> EasError:

@@ -313,9 +313,14 @@ async def _client_commands(call: EasCall, store, folder: str, collection_id: str
             had = state.known.get(uid, current[uid])
             if not wins and current[uid] != had:
                 continue  # the server changed it too: the server's version goes to the device as a Change
-            wanted = _wanted_bits(command.find("ApplicationData"), current[uid])
+            data = command.find("ApplicationData")
+            wanted = _wanted_bits(data, current[uid])
             await _store_bits(store, folder, uid, current[uid], wanted)
             current[uid] = state.known[uid] = wanted
+            if data is not None and data.find("Send", "Email2") is not None and call.version_tuple >= (16, 0):
+                from .drafts import send_draft
+                await send_draft(call, store, folder, uid)
+                current.pop(uid, None)  # gone from Drafts: the next Sync tells the device
         elif command.name == "Delete":
             if uid is None:
                 responses.append(_response("Delete", server_id, NOT_FOUND))
@@ -335,10 +340,11 @@ async def _client_commands(call: EasCall, store, folder: str, collection_id: str
         elif command.name == "Fetch":
             responses.append(await _fetch(call, store, folder, collection_id, server_id, uid, options))
         elif command.name == "Add":
-            # Creating mail items (16.x drafts) is not implemented yet: say so for each one.
-            client_id = command.text_of("ClientId") or ""
-            responses.append(Element(NS, "Add", [Element(NS, "ClientId", text=client_id),
-                                                 Element(NS, "Status", text=str(CONVERSION_ERROR))]))
+            from .drafts import add
+            before = set(state.known)
+            responses.append(await add(call, store, folder, collection_id, command, state.known, flag_bits))
+            for uid in set(state.known) - before:
+                current[uid] = state.known[uid]
         else:
             raise EasError(PROTOCOL_ERROR, f"unknown Sync command {command.name}")
     return responses
