@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd
+APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved dovecot-sieve
 BENCH_APT_PACKAGES := wrk
 PYTEST_ARGS ?=
 

@@ -48,6 +48,7 @@ users_file = "users.toml"
 [backends.dovecot]
 type = "imap"
 url = "imaps://127.0.0.1:{dovecot.imaps_port}"
+managesieve = "127.0.0.1:{dovecot.managesieve_port}"
 {extra}
 """
 

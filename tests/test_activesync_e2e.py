@@ -27,12 +27,14 @@ WBXML = "application/vnd.ms-sync.wbxml"
 def eas(workdir, certs, dovecot, submission):
     root = workdir / f"eas-{free_port()}"
     https = free_port()
-    extra = (f'[backends.dead]\ntype = "imap"\nurl = "imap://127.0.0.1:{free_port()}"\ntls = "none"\ntimeout = 2\n'
+    extra = (f'[backends.plain]\ntype = "imap"\nurl = "imaps://127.0.0.1:{dovecot.imaps_port}"\n'
+             f'[backends.dead]\ntype = "imap"\nurl = "imap://127.0.0.1:{free_port()}"\ntls = "none"\ntimeout = 2\n'
              f'[backends.submission]\ntype = "smtp"\nurl = "smtp://127.0.0.1:{submission.port}"\ntls = "starttls"\n'
              '[domains."example.test"]\nimap = "dovecot"\nsmtp = "submission"\n'
              "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 0.2\n")
     write_config(root, config_toml(certs, dovecot, https=https, extra=extra),
-                 users_toml([PHONE, TABLET], '[[user]]\naddress = "dan@example.test"\nimap = "dead"\n'))
+                 users_toml([PHONE, TABLET], '[[user]]\naddress = "dan@example.test"\nimap = "dead"\n'
+                                             '[[user]]\naddress = "carol@example.test"\nimap = "plain"\n'))
     proc = start_gateway(root, [https])
     yield {"port": https, "ca": str(certs.ca_cert), "root": root}
     stop_gateway(proc)
@@ -511,13 +513,33 @@ def test_settings_user_and_device_information_and_oof_not_offered(eas, users):
         assert account.find("EmailAddresses").text_of("PrimarySmtpAddress") == PHONE
         shown = _devices(eas, "show", PHONE, device).stdout
         assert '"model": "Pixel 9"' in shown and '"os": "Android 16"' in shown
-        # This gateway's back end has no ManageSieve: out-of-office is refused as not offered, not faked.
-        with pytest.raises(EASError):
-            c.get_oof()
+        # A user whose back end has no ManageSieve: out-of-office is refused as not offered, not faked.
+    carol = "carol@example.test"
+    with _client(eas, users, carol) as c:
+        key = c.provision()
         oof = wbxml.encode(Element("Settings", "Settings", [Element("Settings", "Oof", [
             Element("Settings", "Get", [Element("Settings", "BodyType", text="Text")])])]))
-        doc = wbxml.decode(_post(eas, PHONE, users, "Settings", oof, policy_key=key, device=device).content)
-        assert doc.find("Oof").text_of("Status") == "7"
+        doc = wbxml.decode(_post(eas, carol, users, "Settings", oof, policy_key=key,
+                                 device=c._transport.device_id).content)
+        assert doc.text_of("Status") == "1" and doc.find("Oof").text_of("Status") == "7"
+
+
+def test_out_of_office_get_and_set_through_managesieve(eas, users):
+    from pyactivesync.models import OofState
+    with _client(eas, users, PHONE) as c:
+        assert int(c.get_oof().state) == 0
+        c.set_oof(OofState(1), reply_message="Away until Monday")
+        got = c.get_oof()
+        assert int(got.state) == 1
+        assert {m.applies_to for m in got.messages if m.enabled} >= {"Internal", "ExternalKnown", "ExternalUnknown"} \
+            or any(m.enabled for m in got.messages)
+        assert all(m.reply_message == "Away until Monday" for m in got.messages if m.enabled)
+        c.set_oof(OofState(2), start_time="2030-01-01T08:00:00.000Z", end_time="2030-01-04T08:00:00.000Z",
+                  reply_message="Skiing")
+        scheduled = c.get_oof()
+        assert int(scheduled.state) == 2 and scheduled.start_time.startswith("2030-01-01T08:00:00")
+        c.set_oof(OofState(0))
+        assert int(c.get_oof().state) == 0
 
 
 def test_validate_cert_over_the_wire(eas, users, certs):

@@ -82,6 +82,7 @@ format = "text"
 [backends.dovecot]
 type = "imap"
 url = "imaps://127.0.0.1:{dovecot.imaps_port}"
+managesieve = "127.0.0.1:{dovecot.managesieve_port}"
 
 [backends.radicale-caldav]
 type = "caldav"

@@ -66,7 +66,8 @@ class Backends:
         return SmtpSubmission(b.host, b.port, b.tls_mode, credentials, str(self.config.path(ca)) if ca else None,
                               b.timeout)
 
-    def oof(self, name: str, credentials: Credentials, addresses: Sequence[str] = ()) -> SieveOof | None:
+    def oof(self, name: str, credentials: Credentials, addresses: Sequence[str] = (),
+            client_ip: str | None = None) -> SieveOof | None:
         """The user's out-of-office store (a ManageSieve vacation rule), or None when the back end has none."""
         b = self.get(name)
         if not b.managesieve:
@@ -76,7 +77,7 @@ class Backends:
         tls_mode = "none" if b.tls_mode == "none" else "starttls"
         endpoint = SieveEndpoint(host.strip("[]"), int(port), tls_mode,
                                  self.ssl_context(name) if tls_mode != "none" else None, b.timeout)
-        return SieveOof(endpoint, credentials, addresses)
+        return SieveOof(endpoint, credentials, addresses, client_ip)
 
     def ews_freebusy(self, name: str, credentials: Credentials) -> EwsFreeBusy:
         """The free/busy client of an EWS back end for one login, kept so its sessions and version are reused."""

@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import logging
 
-from adapters.errors import BackendUnavailable, InvalidData, PermissionDenied
+from adapters.errors import AuthenticationFailed, BackendUnavailable, InvalidData, PermissionDenied, QuotaExceeded
 
 from ..wbxml import Element
 from . import EasCall, EasError
@@ -92,7 +92,8 @@ def _user_information(call: EasCall) -> Element:
 
 async def _oof(call: EasCall, part: Element) -> Element:
     backend = call.ctx.directory.route(call.user, "imap")
-    store = call.ctx.backends.oof(backend, call.creds, [call.user.address, *call.user.aliases]) if backend else None
+    store = call.ctx.backends.oof(backend, call.creds, [call.user.address, *call.user.aliases],
+                                  call.client_ip) if backend else None
     if store is None:
         return _status("Oof", DENIED_BY_POLICY)  # the administrator has not given the back end a ManageSieve
     from adapters.sieve import OofSettings
@@ -125,7 +126,7 @@ async def _oof(call: EasCall, part: Element) -> Element:
                                     end if state_text == "2" else None, internal if internal_on else "",
                                     unknown or known, audience))
         return _status("Oof", OK)
-    except PermissionDenied:
+    except (PermissionDenied, AuthenticationFailed, QuotaExceeded):
         return _status("Oof", ACCESS_DENIED)
     except InvalidData:
         return _status("Oof", INVALID)
