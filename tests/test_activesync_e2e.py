@@ -598,6 +598,11 @@ def test_search_the_mailbox(eas, users, dovecot, certs):
         fetched = c.fetch_item(inbox.id, long_id)
         assert marker in fetched.fields.get("Email.Subject", "")
         assert free_text(marker, folders["Archive"].id).text_of("Total") == "0"
+        # 16.1 Find: the same search with compact results (pyactivesync's free-text search uses it).
+        found = c.find_mailbox(marker, folder_id=inbox.id, max_results=10)
+        assert found.status == "1" and len(found.items) == 3
+        assert all(i.fields.get("Email.Subject", "").startswith(marker) for i in found.items)
+        assert all(i.fields.get("Find.Preview") == "body of " + i.fields["Email.Subject"] for i in found.items)
         gal = wbxml.encode(Element("Search", "Search", [Element("Search", "Store", [
             Element("Search", "Name", text="GAL"), Element("Search", "Query", text="x")])]))
         doc = wbxml.decode(_post(eas, TABLET, users, "Search", gal, policy_key=c._transport.policy_key,

@@ -103,7 +103,7 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import composemail, foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
+    from . import composemail, find, foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -118,6 +118,7 @@ def _registry() -> dict[str, Command]:
         "ValidateCert": Command(validatecert.run),
         "Search": Command(search.run),
         "Ping": Command(ping.run),
+        "Find": Command(find.run),
         "SendMail": Command(composemail.send_mail, wbxml_body=None),
         "SmartReply": Command(composemail.smart_reply, wbxml_body=None),
         "SmartForward": Command(composemail.smart_forward, wbxml_body=None),

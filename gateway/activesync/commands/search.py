@@ -12,6 +12,7 @@ import datetime as dt
 import re
 
 from adapters.errors import BackendError
+from adapters.interfaces import MessageSummary
 
 from ..email_item import ItemError, email_application_data, parse_options
 from ..wbxml import Element
@@ -73,6 +74,33 @@ def _between(when: dt.datetime | None, since: dt.datetime | None, before: dt.dat
     return (since is None or when > since) and (before is None or when < before)
 
 
+async def mailbox_hits(call: EasCall, store, collection_id: str | None, text: str, since: dt.datetime | None,
+                       before: dt.datetime | None) -> list[tuple[MessageSummary, str, str]]:
+    """(summary, folder ServerId, IMAP folder) of every match, newest first; also used by Find."""
+    folders = call.services.folders
+    if collection_id is not None:
+        folder = await folders.name_of(call.user.address, collection_id)
+        if folder is None:
+            raise EasError(INVALID, "unknown folder")
+        targets = [(collection_id, folder)]
+    else:  # no folder named: every mail folder, as Exchange does
+        listed = await store.list_folders()
+        ids = await folders.assign(call.user.address, [f.name for f in listed])
+        targets = [(ids[f.name], f.name) for f in listed]
+    hits = []
+    try:
+        for target_id, folder in targets:
+            # IMAP dates are whole days: ask for the days around the instants, then cut exactly.
+            found = await store.search(folder, text, since.date() if since else None,
+                                       before.date() + dt.timedelta(days=1) if before else None)
+            hits += [(m, target_id, folder) for m in found if _between(internal_date(m), since, before)]
+    except BackendError:
+        raise EasError(SERVER_ERROR, "the mail store failed the search") from None
+    hits.sort(key=lambda h: (internal_date(h[0]) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), h[0].uid),
+              reverse=True)
+    return hits
+
+
 async def run(call: EasCall) -> Element:
     body = call.body
     store_element = body.find("Store") if body is not None and body.ns == NS and body.name == "Search" else None
@@ -103,28 +131,11 @@ async def run(call: EasCall) -> Element:
             call.version)
     except ItemError:
         return _store_status(INVALID)
-    folders = call.services.folders
     store = await call.mailbox()
-    if collection_id is not None:
-        folder = await folders.name_of(call.user.address, collection_id)
-        if folder is None:
-            return _store_status(INVALID)
-        targets = [(collection_id, folder)]
-    else:  # no folder named: every mail folder, as Exchange does
-        listed = await store.list_folders()
-        ids = await folders.assign(call.user.address, [f.name for f in listed])
-        targets = [(ids[f.name], f.name) for f in listed]
-    hits = []
     try:
-        for target_id, folder in targets:
-            # IMAP dates are whole days: ask for the days around the instants, then cut exactly.
-            found = await store.search(folder, text, since.date() if since else None,
-                                       before.date() + dt.timedelta(days=1) if before else None)
-            hits += [(m, target_id, folder) for m in found if _between(internal_date(m), since, before)]
-    except BackendError:
-        return _store_status(SERVER_ERROR)
-    hits.sort(key=lambda h: (internal_date(h[0]) or dt.datetime.min.replace(tzinfo=dt.timezone.utc), h[0].uid),
-              reverse=True)
+        hits = await mailbox_hits(call, store, collection_id, text, since, before)
+    except EasError as exc:
+        return _store_status(exc.status)
     total = len(hits)
     page = hits[low:high + 1]
     results = []
