@@ -838,3 +838,57 @@ async def test_16_drafts_created_retried_and_sent(eas, users, dovecot, certs):
     assert m.search(None, "SUBJECT", f'"{marker}"')[1][0]
     p.logout()
     m.logout()
+
+
+def test_flag_due_dates_and_categories_reach_imap_and_other_devices(eas, users, dovecot, certs):
+    marker = "flagcat" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    _append(m, marker)
+
+    def sync_all(c, folder_id, key="0"):
+        if key == "0":
+            key = c.sync_folder(folder_id).sync_key
+        items = []
+        while True:
+            result = c.sync_folder(folder_id, key, window_size=200)
+            items += result.added + result.changed
+            key = result.sync_key
+            if not result.more_available:
+                return key, items
+
+    with _client(eas, users, TABLET) as a, _client(eas, users, TABLET) as b:
+        inbox = next(f for f in a.list_folders() if f.type == FolderType.INBOX)
+        key_a, items = sync_all(a, inbox.id)
+        item = next(i for i in items if i.fields.get("Email.Subject") == marker)
+        key_b, _ = sync_all(b, inbox.id)
+        due = "2030-02-03T04:05:06.000Z"
+        change = wbxml.encode(Element("AirSync", "Sync", [Element("AirSync", "Collections", [
+            Element("AirSync", "Collection", [
+                Element("AirSync", "SyncKey", text=key_a), Element("AirSync", "CollectionId", text=inbox.id),
+                Element("AirSync", "Commands", [Element("AirSync", "Change", [
+                    Element("AirSync", "ServerId", text=item.server_id),
+                    Element("AirSync", "ApplicationData", [
+                        Element("Email", "Flag", [Element("Email", "Status", text="2"),
+                                                  Element("Email", "FlagType", text="Follow up"),
+                                                  Element("Tasks", "DueDate", text=due),
+                                                  Element("Tasks", "UtcDueDate", text=due)]),
+                        Element("Email", "Categories", [Element("Email", "Category", text="Work"),
+                                                        Element("Email", "Category", text="Big project")])])])])])])]))
+        r = _post(eas, TABLET, users, "Sync", change, policy_key=a._transport.policy_key,
+                  device=a._transport.device_id)
+        assert wbxml.decode(r.content).find("Collections").find("Collection").text_of("Status") == "1"
+        m.select("INBOX")
+        uid = item.server_id.rsplit(":", 1)[1]
+        flags = m.uid("FETCH", uid, "(FLAGS)")[1][0]
+        assert b"\\Flagged" in flags and b"$label2" in flags and b"Big_project" in flags
+        # The other device hears of it, due date and categories included.
+        _, changes = sync_all(b, inbox.id, key_b)
+        seen = next(i for i in changes if i.server_id == item.server_id)
+        assert seen.fields.get("Tasks.DueDate") == due and seen.fields.get("Email.FlagType") == "Follow up"
+        assert "Work" in seen.fields.values() or seen.fields.get("Email.Category") in ("Work", "Big project")
+        # A category added by another IMAP client reaches the device as a Change.
+        m.uid("STORE", uid, "+FLAGS", "(Urgent)")
+        key_a2, changes = sync_all(a, inbox.id, r and wbxml.decode(r.content).find("Collections").find(
+            "Collection").text_of("SyncKey"))
+        assert any(i.server_id == item.server_id for i in changes)
+    m.logout()

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from adapters.interfaces import Folder
 from gateway.activesync import policy, wbxml
-from gateway.activesync.commands.sync import FolderState, _wanted_bits
+from gateway.activesync.commands.sync import FolderState, _wanted_flags, flag_bits
 from gateway.activesync.folders import (DELETED, DRAFTS, INBOX, SENT, USER_MAIL, FolderMap, first_key,
                                         folder_types, next_key, valid_key)
 from gateway.activesync.wbxml import Element
@@ -70,13 +70,20 @@ def test_folder_state_round_trips(known, pending, filter_type):
     assert back == FolderState(7, (12, 40, 33), known, pending, filter_type)
 
 
-def test_client_read_and_flag_changes_become_bits():
-    data = Element("AirSync", "ApplicationData", [Element("Email", "Read", text="1"),
-                                                  Element("Email", "Flag", [Element("Email", "Status", text="2")])])
-    assert _wanted_bits(data, 0) == 3
-    clear = Element("AirSync", "ApplicationData", [Element("Email", "Flag")])
-    assert _wanted_bits(clear, 3) == 1
-    assert _wanted_bits(None, 2) == 2
+def test_client_read_flag_and_categories_become_imap_flags():
+    data = Element("AirSync", "ApplicationData", [
+        Element("Email", "Read", text="1"), Element("Email", "Flag", [Element("Email", "Status", text="2")]),
+        Element("Email", "Categories", [Element("Email", "Category", text="To Do"),
+                                        Element("Email", "Category", text="Blue category")])])
+    flags = _wanted_flags(data, {"\\Answered", "Old_one"})
+    assert flags == {"\\Answered", "\\Seen", "\\Flagged", "$label4", "Blue_category"}
+    assert flag_bits(flags) & 3 == 3 and flag_bits(flags) >> 2 != 0
+    cleared = _wanted_flags(Element("AirSync", "ApplicationData", [Element("Email", "Flag"),
+                                                                   Element("Email", "Categories")]), flags)
+    assert cleared == {"\\Answered", "\\Seen"} and flag_bits(cleared) == 1
+    assert _wanted_flags(None, {"\\Seen"}) == {"\\Seen"}
+    # A category change alone changes the bits, so other devices hear of it.
+    assert flag_bits(["\\Seen", "Work"]) != flag_bits(["\\Seen", "Home"])
 
 
 async def test_folder_ids_are_stable_and_shared(tmp_path):

@@ -7,8 +7,10 @@ submission service hands to the SMTP server and what it files in Sent Items:
   a bare CR, line endings that change within the header, a NUL, a line over 998
   octets or a line that is neither a field nor a continuation is refused, so no
   two parsers (ours, the stdlib's, the MTA's) can disagree about which fields
-  exist. Recipients come from every To, Cc and Bcc field; the rewritten header
-  is parsed again with the stdlib and must give the same recipients.
+  exist. Recipients come from every To, Cc and Bcc field (``getaddresses``,
+  group members included); an item it cannot read is refused, not dropped. The
+  rewritten header is parsed again with the stdlib and must give the same
+  recipients.
 * From is the user (no send-as); Sender and Reply-To survive only if they name
   the user. Date and Message-ID are added when missing. ``message`` has no Bcc
   or Resent-Bcc field, ``sent_copy`` keeps them. Line ends become CRLF.
@@ -603,12 +605,19 @@ def _append_quote(part: Message, quote: _Quote) -> None:
         _set_text(part, text + quote.plain, "plain")
 
 
+def _media_type(fields: list[_Field]) -> str:
+    probe = Message()
+    for field in fields:
+        if field.name == "content-type":
+            probe["Content-Type"] = field.value
+            break
+    return probe.get_content_type()
+
+
 def _rewrite(content: list[_Field], body: bytes, mode: str, source: Message) -> Message:
     """The client's MIME entity with the original quoted (and, forwarding, its attachments added)."""
     entity = b"".join(f.raw + b"\r\n" for f in content) + b"\r\n" + body
     root = _parse(entity, ComposeStatus.INVALID_MIME, "the message")
-    if root.get_content_type() in _UNTOUCHABLE:
-        return root
     quote = _quote(source)
     targets = _body_parts(root)
     for part in targets:
@@ -684,9 +693,9 @@ def compose(mime: bytes, *, user_address: str, display_name: str = "", mode: str
         raise ComposeError(ComposeStatus.SERVER_ERROR, "now must be a datetime")
     elif now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    rewrite = mode != "send" and not replace_mime
+    wants_original = mode != "send" and not replace_mime
     source_bytes = b""
-    if rewrite:
+    if wants_original:
         if original is None:
             raise ComposeError(ComposeStatus.ITEM_NOT_FOUND, "the message to reply to or forward was not found")
         source_bytes = _as_bytes(original, "original")
@@ -696,6 +705,8 @@ def compose(mime: bytes, *, user_address: str, display_name: str = "", mode: str
         raise ComposeError(ComposeStatus.TOO_LARGE, "the message is larger than 64 MiB")
 
     fields, body = _split_header(data)
+    # Signed or encrypted bodies go out as they came: a byte changed would break them.
+    rewrite = wants_original and _media_type(fields) not in _UNTOUCHABLE
     recipients = _addresses(_values(fields, ("to", "cc", "bcc")))
     if not recipients:
         raise ComposeError(ComposeStatus.NO_RECIPIENT, "the message has no To, Cc or Bcc address")

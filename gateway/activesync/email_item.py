@@ -906,11 +906,29 @@ _LABELS = {"$label1": "Important", "$label2": "Work", "$label3": "Personal", "$l
 _NOT_CATEGORIES = frozenset({"junk", "nonjunk", "notjunk", "forwarded", "redirected", "mdnsent"})
 
 
+def category_keyword(category: str) -> str:
+    """The IMAP keyword (an atom) that stands for an EAS category: Thunderbird's label keywords for its five
+    default tags, otherwise the name with the characters an atom cannot hold (space, brackets, quotes,
+    wildcards, controls) as "_" — which reads back as a space."""
+    for keyword, name in _LABELS.items():
+        if name.lower() == category.strip().lower():
+            return keyword
+    out = "".join(c if c.isascii() and c.isprintable() and c not in ' (){%*"\\]' else "_" for c in category.strip())
+    return (out or "_")[:200] if out[:1] not in ("\\", "$") else "_" + out[1:200]
+
+
+def categories(flags: Sequence[str]) -> list[str]:
+    """The EAS categories a message's IMAP keywords stand for."""
+    return _categories(list(flags))
+
+
 def _categories(flags: list[str]) -> list[str]:
     names: list[str] = []
     seen: set[str] = set()
     for flag in flags:
         name = _LABELS.get(flag.lower(), flag)
+        if name is flag and name[:1] not in ("\\", "$"):
+            name = name.replace("_", " ")
         if not name or name[0] in "\\$" or name.lower() in _NOT_CATEGORIES or name.lower() in seen:
             continue
         seen.add(name.lower())

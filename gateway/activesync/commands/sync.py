@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from adapters.errors import BackendError, NotFound
 from adapters.interfaces import FolderStatus, MessageSummary
 
-from ..email_item import BodyOptions, ItemError, email_application_data, parse_options
+from ..email_item import (BodyOptions, ItemError, categories, category_keyword, email_application_data,
+                          parse_options)
+from ..flagnotes import FlagNotes, plain_flag
 from ..folders import DELETED, first_key, folder_types, next_key, valid_key
 from ..wbxml import Element
 from . import EasCall, EasError
@@ -40,8 +42,12 @@ FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
 
 
 def flag_bits(flags: tuple[str, ...] | list[str]) -> int:
+    """READ and FLAGGED, plus a 16-bit digest of the categories (keywords) above them, so a category
+    change made by another client shows as a change too."""
     up = {f.upper() for f in flags}
-    return (READ if "\\SEEN" in up else 0) | (FLAGGED if "\\FLAGGED" in up else 0)
+    names = sorted(c.lower() for c in categories(flags))
+    digest = (zlib.crc32("\x1f".join(names).encode()) & 0xFFFF) if names else 0
+    return (READ if "\\SEEN" in up else 0) | (FLAGGED if "\\FLAGGED" in up else 0) | (digest << 2)
 
 
 @dataclass
@@ -186,12 +192,14 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
 
     responses: list[Element] = []
     current: dict[int, int] | None = None
+    listed: dict[int, tuple[str, ...]] = {}  # UID -> IMAP flags, for the messages listed below
     if commands is not None or _marks(status) != tuple(state.marks) or state.marks[0] is None or state.relist:
         listing = in_window(await store.list_messages(folder), state.filter_type)
         current = {m.uid: flag_bits(m.flags) for m in listing}
+        listed = {m.uid: m.flags for m in listing}
     if commands is not None:
         responses = await _client_commands(call, store, folder, collection_id, commands, state, current or {},
-                                           deletes_as_moves, body_options)
+                                           listed, deletes_as_moves, body_options)
         # Our own changes are in `current` and `state.known` already. The counters read now also cover
         # them (so a Ping does not wake for them), but they may cover a message that arrived meanwhile
         # too: the next Sync lists the folder rather than trust them.
@@ -202,7 +210,7 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     if wants_changes:
         if current is not None:
             _rebase(state, current)
-        items, more = await _server_changes(call, store, folder, collection_id, state, current, window,
+        items, more = await _server_changes(call, store, folder, collection_id, state, current, listed, window,
                                             body_options)
     state.marks = _marks(status)
     state.relist = commands is not None
@@ -251,7 +259,9 @@ def _rebase(state: FolderState, current: dict[int, int]) -> None:
 
 
 async def _server_changes(call: EasCall, store, folder: str, collection_id: str, state: FolderState,
-                          current: dict[int, int] | None, window: int, options: BodyOptions) -> tuple[list, bool]:
+                          current: dict[int, int] | None, listed: dict[int, tuple[str, ...]], window: int,
+                          options: BodyOptions) -> tuple[list, bool]:
+    notes = FlagNotes(call.ctx.state)
     commands: list[Element] = []
     if current is not None:
         gone = [uid for uid in state.known if uid not in current]
@@ -260,8 +270,9 @@ async def _server_changes(call: EasCall, store, folder: str, collection_id: str,
             commands.append(Element(NS, "Delete", [Element(NS, "ServerId", text=server_id(collection_id, uid))]))
             del state.known[uid]
         for uid in changed[:max(0, window - len(commands))]:
+            data = await _change_data(call, notes, folder, state.uidvalidity, uid, listed.get(uid, ()))
             commands.append(Element(NS, "Change", [Element(NS, "ServerId", text=server_id(collection_id, uid)),
-                                                   Element(NS, "ApplicationData", _flag_data(current[uid]))]))
+                                                   Element(NS, "ApplicationData", data)]))
             state.known[uid] = current[uid]
         leftover = len(gone) + len(changed) - len(commands)
     else:
@@ -282,6 +293,8 @@ async def _server_changes(call: EasCall, store, folder: str, collection_id: str,
                                                                "uid": summary.uid, "error": str(exc)[:200]})
                 sent.add(summary.uid)
                 continue
+            if current_bits := flag_bits(summary.flags) & FLAGGED:
+                await _apply_note(call, notes, folder, state.uidvalidity, summary.uid, data, current_bits)
             commands.append(Element(NS, "Add", [Element(NS, "ServerId", text=server_id(collection_id, summary.uid)),
                                                 data]))
             state.known[summary.uid] = flag_bits(summary.flags)
@@ -291,15 +304,32 @@ async def _server_changes(call: EasCall, store, folder: str, collection_id: str,
     return commands, bool(state.pending) or leftover > 0
 
 
-def _flag_data(bits: int) -> list[Element]:
-    flag = [Element("Email", "Status", text="2"), Element("Email", "FlagType", text="Flag for follow up")] \
-        if bits & FLAGGED else []
-    return [Element("Email", "Read", text="1" if bits & READ else "0"), Element("Email", "Flag", flag)]
+async def _apply_note(call: EasCall, notes: FlagNotes, folder: str, uidvalidity: int, uid: int, data: Element,
+                      flagged: int) -> None:
+    """Put the kept flag details (due dates...) into a flagged item's Flag element."""
+    note = await notes.get(call.user.address, folder, uidvalidity, uid)
+    flag = data.find("Flag", "Email")
+    if note and flag is not None and flagged:
+        flag.children = note
+
+
+async def _change_data(call: EasCall, notes: FlagNotes, folder: str, uidvalidity: int, uid: int,
+                       flags: tuple[str, ...]) -> list[Element]:
+    """What a server-side Change carries: read state, the flag, and (14.0+) the categories."""
+    bits = flag_bits(flags)
+    flag: list[Element] = []
+    if bits & FLAGGED:
+        flag = await notes.get(call.user.address, folder, uidvalidity, uid) or plain_flag()
+    out = [Element("Email", "Read", text="1" if bits & READ else "0"), Element("Email", "Flag", flag)]
+    if call.version_tuple >= (14, 0):
+        out.append(Element("Email", "Categories", [Element("Email", "Category", text=c) for c in categories(flags)]))
+    return out
 
 
 async def _client_commands(call: EasCall, store, folder: str, collection_id: str, commands: Element,
-                           state: FolderState, current: dict[int, int], deletes_as_moves: bool,
-                           options: BodyOptions) -> list[Element]:
+                           state: FolderState, current: dict[int, int], listed: dict[int, tuple[str, ...]],
+                           deletes_as_moves: bool, options: BodyOptions) -> list[Element]:
+    notes = FlagNotes(call.ctx.state)
     responses: list[Element] = []
     wins = call.ctx.config.activesync.client_wins_conflicts
     trash = None
@@ -314,9 +344,14 @@ async def _client_commands(call: EasCall, store, folder: str, collection_id: str
             if not wins and current[uid] != had:
                 continue  # the server changed it too: the server's version goes to the device as a Change
             data = command.find("ApplicationData")
-            wanted = _wanted_bits(data, current[uid])
-            await _store_bits(store, folder, uid, current[uid], wanted)
-            current[uid] = state.known[uid] = wanted
+            had_flags = set(listed.get(uid, ()))
+            wanted_flags = _wanted_flags(data, had_flags)
+            await _store_flags(store, folder, uid, had_flags, wanted_flags)
+            listed[uid] = tuple(sorted(wanted_flags))
+            current[uid] = state.known[uid] = flag_bits(listed[uid])
+            flag = data.find("Flag", "Email") if data is not None else None
+            if flag is not None:
+                await notes.put(call.user.address, folder, state.uidvalidity, uid, flag)
             if data is not None and data.find("Send", "Email2") is not None and call.version_tuple >= (16, 0):
                 from .drafts import send_draft
                 await send_draft(call, store, folder, uid)
@@ -354,23 +389,36 @@ def _response(kind: str, server_id: str, status: int) -> Element:
     return Element(NS, kind, [Element(NS, "ServerId", text=server_id), Element(NS, "Status", text=str(status))])
 
 
-def _wanted_bits(data: Element | None, bits: int) -> int:
+def _wanted_flags(data: Element | None, flags: set[str]) -> set[str]:
+    """The IMAP flags a device's Change asks for: Read, Flag (active or not) and, when sent, Categories."""
+    out = set(flags)
     if data is None:
-        return bits
+        return out
+
+    def toggle(name: str, on: bool) -> None:
+        for f in [f for f in out if f.upper() == name.upper()]:
+            out.discard(f)
+        if on:
+            out.add(name)
     read = data.text_of("Read", "Email")
     if read in ("0", "1"):
-        bits = (bits | READ) if read == "1" else (bits & ~READ)
+        toggle("\\Seen", read == "1")
     flag = data.find("Flag", "Email")
     if flag is not None:
-        active = flag.text_of("Status", "Email") == "2"
-        bits = (bits | FLAGGED) if active else (bits & ~FLAGGED)
-    return bits
+        toggle("\\Flagged", flag.text_of("Status", "Email") == "2")
+    wanted = data.find("Categories", "Email")
+    if wanted is not None:
+        for f in [f for f in out if categories([f])]:
+            out.discard(f)
+        out |= {category_keyword(c.text or "") for c in wanted.findall("Category", "Email")[:300] if c.text}
+    return out
 
 
-async def _store_bits(store, folder: str, uid: int, had: int, wanted: int) -> None:
-    for bit, name in ((READ, "\\Seen"), (FLAGGED, "\\Flagged")):
-        if (had ^ wanted) & bit:
-            await store.set_flags(folder, [uid], [name], add=bool(wanted & bit))
+async def _store_flags(store, folder: str, uid: int, had: set[str], wanted: set[str]) -> None:
+    if added := sorted(wanted - had):
+        await store.set_flags(folder, [uid], added, add=True)
+    if removed := sorted(had - wanted):
+        await store.set_flags(folder, [uid], removed, add=False)
 
 
 async def _trash(call: EasCall, store, folder: str) -> str:
