@@ -882,7 +882,7 @@ def test_flag_due_dates_and_categories_reach_imap_and_other_devices(eas, users, 
         flags = m.uid("FETCH", uid, "(FLAGS)")[1][0]
         assert b"\\Flagged" in flags and b"$label2" in flags and b"Big_project" in flags
         # The other device hears of it, due date and categories included.
-        _, changes = sync_all(b, inbox.id, key_b)
+        key_b, changes = sync_all(b, inbox.id, key_b)
         seen = next(i for i in changes if i.server_id == item.server_id)
         assert seen.fields.get("Tasks.DueDate") == due and seen.fields.get("Email.FlagType") == "Follow up"
         assert "Work" in seen.fields.values() or seen.fields.get("Email.Category") in ("Work", "Big project")
@@ -891,4 +891,10 @@ def test_flag_due_dates_and_categories_reach_imap_and_other_devices(eas, users, 
         key_a2, changes = sync_all(a, inbox.id, r and wbxml.decode(r.content).find("Collections").find(
             "Collection").text_of("SyncKey"))
         assert any(i.server_id == item.server_id for i in changes)
+        # A message expunged by another IMAP client reaches the other device as a Delete.
+        m.select("INBOX")
+        m.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
+        m.expunge()
+        gone = b.sync_folder(inbox.id, key_b)
+        assert gone.deleted == [item.server_id] and not gone.added
     m.logout()

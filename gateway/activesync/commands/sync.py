@@ -193,7 +193,18 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     responses: list[Element] = []
     current: dict[int, int] | None = None
     listed: dict[int, tuple[str, ...]] = {}  # UID -> IMAP flags, for the messages listed below
-    if commands is not None or _marks(status) != tuple(state.marks) or state.marks[0] is None or state.relist:
+    moved_on = _marks(status) != tuple(state.marks)
+    if (moved_on and commands is None and not state.relist and state.filter_type == 0
+            and state.marks[0] is not None and status.highestmodseq is not None and state.marks[0] > 0):
+        # CONDSTORE: every UID, plus only the messages changed since the last look, instead of every
+        # message's flags. Messages the device does not have yet count as unflagged until they are sent.
+        uids, changed = await store.changed_since(folder, state.marks[0])
+        current = {uid: state.known.get(uid, 0) for uid in uids}
+        for m in changed:
+            if m.uid in current:
+                current[m.uid] = flag_bits(m.flags)
+                listed[m.uid] = m.flags
+    elif commands is not None or moved_on or state.marks[0] is None or state.relist:
         listing = in_window(await store.list_messages(folder), state.filter_type)
         current = {m.uid: flag_bits(m.flags) for m in listing}
         listed = {m.uid: m.flags for m in listing}
