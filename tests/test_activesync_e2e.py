@@ -898,3 +898,35 @@ def test_flag_due_dates_and_categories_reach_imap_and_other_devices(eas, users, 
         gone = b.sync_folder(inbox.id, key_b)
         assert gone.deleted == [item.server_id] and not gone.added
     m.logout()
+
+
+def test_random_bodies_never_take_the_gateway_down(eas, users):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    device = "FUZZ" + uuid.uuid4().hex[:8].upper()
+    with _client(eas, users, PHONE, device) as c:
+        key = c.provision()
+    session = requests.Session()
+    session.auth = (PHONE, users[PHONE])
+    session.verify = eas["ca"]
+    session.trust_env = False
+    commands = ["Sync", "FolderSync", "Provision", "ItemOperations", "Search", "Settings", "MoveItems",
+                "GetItemEstimate", "SendMail", "SmartReply", "Ping", "ValidateCert", "Find", "FolderCreate"]
+    real = wbxml.encode(Element("AirSync", "Sync", [Element("AirSync", "Collections", [
+        Element("AirSync", "Collection", [Element("AirSync", "SyncKey", text="0"),
+                                          Element("AirSync", "CollectionId", text="1")])])]))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(commands),
+           st.one_of(st.binary(max_size=300),
+                     st.binary(max_size=40).map(lambda tail: b"\x03\x01\x6a\x00" + tail),
+                     st.integers(0, len(real) - 1).map(lambda cut: real[:cut])))
+    def post(command, body):
+        r = session.post(f"https://127.0.0.1:{eas['port']}/Microsoft-Server-ActiveSync", data=body, timeout=30,
+                         params={"Cmd": command, "User": PHONE, "DeviceId": device, "DeviceType": "Fuzzer"},
+                         headers={"Content-Type": WBXML, "MS-ASProtocolVersion": "14.1", "X-MS-PolicyKey": key})
+        assert r.status_code in (200, 400, 500 if command in ("SendMail", "SmartReply") else 200), (command, body)
+        assert r.status_code != 500 or command in ("SendMail", "SmartReply")
+    post()
+    r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device)
+    assert r.status_code == 200 and wbxml.decode(r.content).text_of("Status") == "1"  # still serving
