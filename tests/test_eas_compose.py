@@ -358,13 +358,13 @@ def test_reply_to_a_message_without_text_body_prepends_a_text_part() -> None:
 
 
 def test_reply_with_a_signed_client_message_sends_it_unchanged() -> None:
-    signed_body = (b"--sig\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n"
+    signed_body = (b"preamble\n--sig\r\nContent-Type:text/plain\r\n\r\nsigned text\r\n"
                    b"--sig\r\nContent-Type: application/pkcs7-signature\r\n\r\nAAAA\r\n--sig--\r\n")
     client = (b"To: alice@example.com\r\nContent-Type: multipart/signed; protocol=\"application/pkcs7-signature\";"
               b" boundary=sig\r\n\r\n" + signed_body)
     out = reply(client)
-    assert out.message.endswith(b"\r\n\r\n" + signed_body)
-    assert b"Original Message" not in out.message
+    assert out.message.endswith(b"\r\n\r\n" + signed_body.replace(b"\n", b"\r\n").replace(b"\r\r", b"\r"))
+    assert b"Original Message" not in out.message and b"Content-Type:text/plain\r\n" in out.message
 
 
 def test_reply_without_original_is_item_not_found() -> None:
