@@ -930,3 +930,29 @@ def test_random_bodies_never_take_the_gateway_down(eas, users):
     post()
     r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device)
     assert r.status_code == 200 and wbxml.decode(r.content).text_of("Status") == "1"  # still serving
+
+
+def test_a_conflicting_change_loses_to_the_server_by_default(eas, users, dovecot, certs):
+    marker = "conflict" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    _append(m, marker)
+    with _client(eas, users, TABLET) as c:
+        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+        key = c.sync_folder(inbox.id).sync_key
+        while True:
+            result = c.sync_folder(inbox.id, key, window_size=200)
+            key = result.sync_key
+            item = next((i for i in result.added if i.fields.get("Email.Subject") == marker), None) or locals().get(
+                "item")
+            if not result.more_available:
+                break
+        uid = item.server_id.rsplit(":", 1)[1]
+        m.select("INBOX")
+        m.uid("STORE", uid, "+FLAGS", "(\\Flagged)")  # the server changes it...
+        done = c.apply_email_changes(inbox.id, key, [EmailChange(item.server_id, read=True)])  # ...and so does the phone
+        flags = m.uid("FETCH", uid, "(FLAGS)")[1][0]
+        assert b"\\Seen" not in flags and b"\\Flagged" in flags  # the server won: the phone's change was not applied
+        later = c.sync_folder(inbox.id, done.sync_key)
+        server_version = next(i for i in later.changed if i.server_id == item.server_id)
+        assert server_version.fields.get("Email.Read") == "0" and server_version.fields.get("Email.Status") == "2"
+    m.logout()
