@@ -956,3 +956,30 @@ def test_a_conflicting_change_loses_to_the_server_by_default(eas, users, dovecot
         server_version = next(i for i in later.changed if i.server_id == item.server_id)
         assert server_version.fields.get("Email.Read") == "0" and server_version.fields.get("Email.Status") == "2"
     m.logout()
+
+
+def test_item_operations_moves_a_whole_conversation(eas, users, dovecot, certs):
+    from gateway.activesync.email_item import conversation_id
+    marker = "thread" + uuid.uuid4().hex[:6]
+    root_id = f"<{uuid.uuid4()}@example.test>"
+    original = (f"From: a@example.test\r\nTo: {TABLET}\r\nSubject: {marker}\r\nMessage-ID: {root_id}\r\n\r\nfirst\r\n")
+    reply = (f"From: b@example.test\r\nTo: {TABLET}\r\nSubject: Re: {marker}\r\nMessage-ID: <{uuid.uuid4()}@x>\r\n"
+             f"In-Reply-To: {root_id}\r\nReferences: {root_id}\r\n\r\nsecond\r\n")
+    m = _imap(dovecot, certs, TABLET, users)
+    for raw in (original, reply):
+        assert m.append("INBOX", None, None, raw.encode())[0] == "OK"
+    _append(m, marker + " unrelated")
+    with _client(eas, users, TABLET) as c:
+        archive = next(f for f in c.list_folders() if f.name == "Archive")
+        body = wbxml.encode(Element("ItemOperations", "ItemOperations", [Element("ItemOperations", "Move", [
+            Element("ItemOperations", "ConversationId", opaque=conversation_id(original.encode())),
+            Element("ItemOperations", "DstFldId", text=archive.id)])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "ItemOperations", body, policy_key=c._transport.policy_key,
+                                 device=c._transport.device_id).content)
+        assert doc.find("Response").find("Move").text_of("Status") == "1"
+    m.select("Archive")
+    assert len(m.search(None, "SUBJECT", f'"{marker}"')[1][0].split()) == 2
+    m.select("INBOX")
+    left = m.search(None, "SUBJECT", f'"{marker}"')[1][0].split()
+    assert len(left) == 1  # only the unrelated message stays
+    m.logout()

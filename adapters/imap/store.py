@@ -276,6 +276,19 @@ class ImapMailStore:
         changed = [s for d in answer.data("FETCH") if (s := _summary(d)) is not None]
         return sorted(uids), changed
 
+    async def thread_headers(self, folder: str) -> list[tuple[int, bytes]]:
+        """(UID, Message-ID/References/In-Reply-To/Subject header block) of every message in the folder."""
+        async with self._exclusive(folder) as conn:
+            answer = await conn.command(b"UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS "
+                                        b"(MESSAGE-ID REFERENCES IN-REPLY-TO SUBJECT)])")
+        out = []
+        for d in answer.data("FETCH"):
+            a = d.attrs()
+            block = next((v for k, v in a.items() if k.startswith(b"BODY[HEADER.FIELDS")), None)
+            if b"UID" in a and (block is None or type(block) is bytes):
+                out.append((number(a[b"UID"]), block or b""))
+        return out
+
     async def search(self, folder: str, text: str = "", since: dt.date | None = None,
                      before: dt.date | None = None) -> list[MessageSummary]:
         """Messages whose headers or body contain ``text`` (IMAP SEARCH TEXT, UTF-8), received on or after

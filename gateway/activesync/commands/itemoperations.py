@@ -1,5 +1,5 @@
 """ItemOperations (MS-ASCMD 2.2.1.10): Fetch a message (by ServerId or LongId) or an attachment (by
-FileReference), and EmptyFolderContents.
+FileReference), EmptyFolderContents, and Move of a whole conversation.
 
 Attachments go out base64-encoded in ``Data``, or, when the device sent
 ``MS-ASAcceptMultiPart: T``, as raw binary parts of an
@@ -53,8 +53,7 @@ async def run(call: EasCall) -> Element | web.Response:
         elif operation.ns == NS and operation.name == "EmptyFolderContents":
             out.append(await _empty(call, operation))
         elif operation.ns == NS and operation.name == "Move":
-            # Moving whole conversations is not implemented: each such request is refused as such.
-            out.append(Element(NS, "Move", [Element(NS, "Status", text=str(PROTOCOL_ERROR))]))
+            out.append(await _move_conversation(call, operation))
         else:
             raise EasError(PROTOCOL_ERROR, f"unknown ItemOperations operation {operation.name}")
     document = Element(NS, "ItemOperations", [Element(NS, "Status", text=str(OK)), Element(NS, "Response", out)])
@@ -165,3 +164,46 @@ async def _empty(call: EasCall, operation: Element) -> Element:
         return _status("EmptyFolderContents", SERVER_ERROR, *ids)
     # Subfolders (Options/DeleteSubFolders) are left alone: removing folders is FolderDelete's job.
     return _status("EmptyFolderContents", OK, *ids)
+
+
+async def _move_conversation(call: EasCall, operation: Element) -> Element:
+    """Move every message of a conversation into one folder (MS-ASCMD 2.2.3.114.1).
+
+    The conversation is found by computing each message's ConversationId from its threading headers,
+    in every folder but the destination (and, unless MoveAlways, Deleted Items and Sent Items, as
+    Exchange leaves them alone); the device's sync states learn of each move.
+    """
+    from ..email_item import conversation_id
+    from ..folders import DELETED, SENT, folder_types
+    from .sync import note_move
+    node = operation.find("ConversationId")
+    wanted = node.opaque if node is not None and node.opaque is not None else \
+        base64.b64decode(node.text or "") if node is not None and node.text else b""
+    dest_id = operation.text_of("DstFldId") or ""
+    ids = [Element(NS, "ConversationId", opaque=wanted)]
+    folders_map = call.services.folders
+    dest = await folders_map.name_of(call.user.address, dest_id)
+    if len(wanted) != 16 or dest is None:
+        return _status("Move", PROTOCOL_ERROR if len(wanted) != 16 else NOT_FOUND, *ids)
+    options = operation.find("Options")
+    always = options is not None and options.find("MoveAlways") is not None
+    store = await call.mailbox()
+    listed = await store.list_folders()
+    kinds = folder_types(listed)
+    server_ids = await folders_map.assign(call.user.address, [f.name for f in listed])
+    moved = 0
+    for folder in listed:
+        if folder.name == dest or (not always and kinds.get(folder.name) in (DELETED, SENT)):
+            continue
+        try:
+            members = [uid for uid, block in await store.thread_headers(folder.name) if conversation_id(block) == wanted]
+            if not members:
+                continue
+            flags = {uid: await store.fetch_flags(folder.name, uid) for uid in members}
+            new_uids = await store.move(folder.name, members, dest)
+        except (BackendError, ItemError, NotFound):
+            return _status("Move", SERVER_ERROR, *ids)
+        for old, new in new_uids.items():
+            await note_move(call, server_ids[folder.name], old, dest_id, new, flags.get(old, ()))
+        moved += len(members)
+    return _status("Move", OK if moved else NOT_FOUND, *ids)
