@@ -983,3 +983,47 @@ def test_item_operations_moves_a_whole_conversation(eas, users, dovecot, certs):
     left = m.search(None, "SUBJECT", f'"{marker}"')[1][0].split()
     assert len(left) == 1  # only the unrelated message stays
     m.logout()
+
+
+def test_protocol_2_5_device_provisions_with_wap_xml_and_syncs(eas, users, dovecot, certs):
+    device = "OLD25" + uuid.uuid4().hex[:6].upper()
+    m = _imap(dovecot, certs, TABLET, users)
+    _append(m, "for an old phone", html=True)
+    m.logout()
+    ask = wbxml.encode(Element("Provision", "Provision", [Element("Provision", "Policies", [
+        Element("Provision", "Policy", [Element("Provision", "PolicyType", text="MS-WAP-Provisioning-XML")])])]))
+    first = wbxml.decode(_post(eas, TABLET, users, "Provision", ask, device=device, version="2.5").content)
+    policy = first.find("Policies").find("Policy")
+    assert policy.text_of("Status") == "1" and policy.text_of("Data").startswith("<wap-provisioningdoc>")
+    ack = wbxml.encode(Element("Provision", "Provision", [Element("Provision", "Policies", [
+        Element("Provision", "Policy", [Element("Provision", "PolicyType", text="MS-WAP-Provisioning-XML"),
+                                        Element("Provision", "PolicyKey", text=policy.text_of("PolicyKey")),
+                                        Element("Provision", "Status", text="1")])])]))
+    key = wbxml.decode(_post(eas, TABLET, users, "Provision", ack, device=device, version="2.5",
+                             policy_key=policy.text_of("PolicyKey")).content).find("Policies").find(
+        "Policy").text_of("PolicyKey")
+    # Wrong policy key before 14.0: HTTP 449.
+    assert _post(eas, TABLET, users, "FolderSync", _folder_sync(), device=device, version="2.5",
+                 policy_key=1).status_code == 449
+    hierarchy = wbxml.decode(_post(eas, TABLET, users, "FolderSync", _folder_sync(), device=device, version="2.5",
+                                   policy_key=key).content)
+    inbox = next(a.text_of("ServerId") for a in hierarchy.find("Changes").findall("Add") if a.text_of("Type") == "2")
+
+    def sync(sync_key: str) -> Element:
+        body = wbxml.encode(Element("AirSync", "Sync", [Element("AirSync", "Collections", [
+            Element("AirSync", "Collection", [
+                Element("AirSync", "Class", text="Email"), Element("AirSync", "SyncKey", text=sync_key),
+                Element("AirSync", "CollectionId", text=inbox), Element("AirSync", "WindowSize", text="5"),
+                Element("AirSync", "Options", [Element("AirSync", "Truncation", text="1")])])])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "Sync", body, device=device, version="2.5",
+                                 policy_key=key).content)
+        return doc.find("Collections").find("Collection")
+    started = sync("0")
+    assert started.text_of("Class") == "Email" and started.text_of("Status") == "1"
+    window = sync(started.text_of("SyncKey"))
+    assert window.find("Commands") is not None, wbxml.to_xml(window)
+    adds = window.find("Commands").findall("Add")
+    assert 0 < len(adds) <= 5
+    data = adds[0].find("ApplicationData")
+    assert data.find("Body", "Email") is not None and data.find("Body", "AirSyncBase") is None  # 2.5 shape
+    assert data.text_of("BodyTruncated", "Email") in ("0", "1")
