@@ -1027,3 +1027,33 @@ def test_protocol_2_5_device_provisions_with_wap_xml_and_syncs(eas, users, dovec
     data = adds[0].find("ApplicationData")
     assert data.find("Body", "Email") is not None and data.find("Body", "AirSyncBase") is None  # 2.5 shape
     assert data.text_of("BodyTruncated", "Email") in ("0", "1")
+
+
+def test_a_changed_policy_makes_devices_provision_again(eas, users, workdir, certs, dovecot):
+    root = workdir / f"eas-policy-{free_port()}"
+    https = free_port()
+
+    def start(policy: str):
+        write_config(root, config_toml(certs, dovecot, https=https, extra='[domains."example.test"]\nimap = "dovecot"\n'
+                                       + policy), users_toml([PHONE]))
+        return start_gateway(root, [https])
+    here = {"port": https, "ca": eas["ca"], "root": root}
+    proc = start("")
+    try:
+        with _client(here, users, PHONE, "POLICYDEV1") as c:
+            key = c.provision()
+            assert wbxml.decode(_post(here, PHONE, users, "FolderSync", _folder_sync(), policy_key=key,
+                                      device="POLICYDEV1").content).text_of("Status") == "1"
+    finally:
+        stop_gateway(proc)
+    proc = start("[activesync]\npolicy = { DevicePasswordEnabled = 1, MinDevicePasswordLength = 6 }\n")
+    try:
+        doc = wbxml.decode(_post(here, PHONE, users, "FolderSync", _folder_sync(), policy_key=key,
+                                 device="POLICYDEV1").content)
+        assert doc.text_of("Status") == "143"  # the policy changed: fetch it again
+        with _client(here, users, PHONE, "POLICYDEV1") as c:
+            new_key = c.provision()
+        assert wbxml.decode(_post(here, PHONE, users, "FolderSync", _folder_sync(), policy_key=new_key,
+                                  device="POLICYDEV1").content).text_of("Status") == "1"
+    finally:
+        stop_gateway(proc)

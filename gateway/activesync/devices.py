@@ -16,19 +16,25 @@ from .request import EasRequest
 #: Seconds by which a partnership's recorded last sync may lag behind the truth.
 LAST_SYNC_GRAIN = 60.0
 #: MS-ASCMD 2.2.2 common status codes used here.
-BLOCKED, REMOTE_WIPE, NOT_PROVISIONED, INVALID_POLICY_KEY = 129, 140, 142, 144
+BLOCKED, REMOTE_WIPE, NOT_PROVISIONED, POLICY_REFRESH, INVALID_POLICY_KEY = 129, 140, 142, 143, 144
 # The statuses access rules decide; a wipe in progress or done is never undone by a rule.
 _RULED = (DeviceStatus.ALLOWED, DeviceStatus.BLOCKED, DeviceStatus.QUARANTINED)
 
 
-def provisioning_status(device: Device, policy_key: int | None) -> int | None:
-    """Why this request must provision first, as an MS-ASCMD status, or None when its policy key is current."""
+def provisioning_status(device: Device, policy_key: int | None, policy_digest: str = "") -> int | None:
+    """Why this request must provision first, as an MS-ASCMD status, or None when its policy key is current.
+
+    ``policy_digest`` names the policy in force now; a device that acknowledged another one (the
+    administrator changed [activesync] policy since) is told to fetch it again (143).
+    """
     if device.status in (DeviceStatus.WIPE_PENDING,):
         return REMOTE_WIPE
     if not device.policy_key or not policy_key:
         return NOT_PROVISIONED
     if policy_key != device.policy_key:
         return INVALID_POLICY_KEY
+    if policy_digest and device.info.get("policy_digest", policy_digest) != policy_digest:
+        return POLICY_REFRESH
     return None
 
 

@@ -123,7 +123,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         agent = request.headers.get("User-Agent", "")
         device = await services.devices.seen(user, req, agent)
-        refused = _refusal(device, req.policy_key, cfg.require_provisioning and command.needs_policy)
+        refused = _refusal(device, req.policy_key, cfg.require_provisioning and command.needs_policy,
+                           services.policy_digest)
         call = EasCall(services, req, user, creds, device, req.version, body, raw, client_ip(request))
         if refused is not None:
             result = f"refused-{refused[0]}"
@@ -160,12 +161,12 @@ def _at_least(version: str, wanted: tuple[int, int]) -> bool:
     return (int(major), int(minor or 0)) >= wanted
 
 
-def _refusal(device, policy_key: int | None, check_policy: bool) -> tuple[int, int] | None:
+def _refusal(device, policy_key: int | None, check_policy: bool, digest: str) -> tuple[int, int] | None:
     """(EAS status, pre-14 HTTP status) refusing this request, or None."""
     blocked = DeviceRegistry.access(device)
     if blocked is not None:
         return blocked, 403
-    if check_policy and (status := provisioning_status(device, policy_key)) is not None:
+    if check_policy and (status := provisioning_status(device, policy_key, digest)) is not None:
         return status, 449
     return None
 

@@ -140,3 +140,10 @@ def wap_provisioning_xml(overrides: dict[str, Any]) -> str:
                     + "</characteristic></characteristic>")
     return ("<wap-provisioningdoc><characteristic type=\"SecurityPolicy\">" + rows + "</characteristic>"
             + registry + "</wap-provisioningdoc>")
+
+
+def digest(overrides: dict[str, Any]) -> str:
+    """A short name of the effective policy, to tell when it changed after a device acknowledged it."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(settings(overrides), sort_keys=True).encode()).hexdigest()[:16]

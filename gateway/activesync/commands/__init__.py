@@ -35,12 +35,14 @@ class EasServices:
     devices: DeviceRegistry
     mail: MailSessions
     folders: FolderMap
+    policy_digest: str = ""
 
     @classmethod
     def build(cls, ctx: GatewayContext) -> EasServices:
         cfg = ctx.config.activesync
+        from ..policy import digest
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access),
-                   MailSessions(ctx.backends, cfg.mail_idle_close), FolderMap(ctx.state))
+                   MailSessions(ctx.backends, cfg.mail_idle_close), FolderMap(ctx.state), digest(cfg.policy))
 
     async def close(self) -> None:
         await self.mail.close()

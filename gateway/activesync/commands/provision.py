@@ -97,6 +97,7 @@ async def run(call: EasCall) -> Element:
     final = _new_key()
     info_after = {k: v for k, v in device.info.items() if k != "pending_key"}
     info_after["policy_status"] = policy.text_of("Status", default="1")
+    info_after["policy_digest"] = call.services.policy_digest
     await devices.save(dataclasses.replace(device, policy_key=final, info=info_after))
     log.info("device provisioned", extra={"event": "eas-provision", "user": device.user,
                                           "device": device.device_id, "policy_status": info_after["policy_status"]})
