@@ -24,6 +24,8 @@ class Metrics:
         self.auth = Counter("casgate_auth_attempts", "Login attempts by result", ["result"], registry=r)
         self.imap_spares = Counter("casgate_imap_backend_spares", "IMAP logins by whether a spare back-end "
                                    "connection was ready (hit) or had to be opened (miss)", ["result"], registry=r)
+        self.eas_commands = Counter("casgate_eas_commands", "ActiveSync commands by command and result",
+                                    ["command", "result"], registry=r)
         self.backend_up = Gauge("casgate_backend_up", "1 when the last probe of a back end succeeded",
                                 ["backend", "type"], registry=r)
         self.backend_probe_seconds = Gauge("casgate_backend_probe_seconds", "Duration of the last probe",

@@ -930,6 +930,8 @@ def test_random_bodies_never_take_the_gateway_down(eas, users):
     post()
     r = _post(eas, PHONE, users, "FolderSync", _folder_sync(), policy_key=key, device=device)
     assert r.status_code == 200 and wbxml.decode(r.content).text_of("Status") == "1"  # still serving
+    metrics = requests.get(f"https://127.0.0.1:{eas['port']}/metrics", verify=eas["ca"], timeout=10).text
+    assert 'casgate_eas_commands_total{command="FolderSync",result="ok"}' in metrics
 
 
 def test_a_conflicting_change_loses_to_the_server_by_default(eas, users, dovecot, certs):

@@ -145,6 +145,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         log.warning("back end unavailable", extra={"event": "eas", "user": user.address, "error": str(exc)[:200]})
         return _text(503, "the mail store is unavailable; try again later", **{"Retry-After": str(exc.retry_after)})
     finally:
+        ctx.metrics.eas_commands.labels(req.command, result.split("-")[0]).inc()
         log.info("eas", extra={"event": "eas", "command": req.command, "user": user.address,
                                "device": req.device_id, "version": req.version, "result": result,
                                "ms": round((time.perf_counter() - t0) * 1000, 2)})
