@@ -105,6 +105,7 @@ class EasSummary:
 
 def split_multipart(data: bytes) -> list[tuple[int, int]]:
     """(offset, length) of each part of a MultiPartResponse, each checked to lie inside the body."""
+    # The specification says "integer" without a byte order; casgate's ItemOperations writes little-endian.
     size = len(data)
     if size < 4:
         raise InspectError(f"multipart body of {size} bytes is shorter than its 4-byte PartsCount")
@@ -151,12 +152,12 @@ def render_body(data: bytes, content_type: str | None,
         try:
             name, lines = _xml_lines(data, max_opaque_shown)
         except InspectError as exc:
-            return Rendering(f"{VIEW_NAME} (malformed)", (("error", str(exc)), *_hexdump_lines(data)), str(exc))
-        return Rendering(f"{VIEW_NAME} {name}", lines)
+            return Rendering(f"{VIEW_NAME}: malformed", (("error", str(exc)), *_hexdump_lines(data)), str(exc))
+        return Rendering(f"{VIEW_NAME}: {name}", lines)
     try:
         parts = split_multipart(data)
     except InspectError as exc:
-        return Rendering("ActiveSync multipart (malformed)", (("error", str(exc)), *_hexdump_lines(data)), str(exc))
+        return Rendering(f"{VIEW_NAME}: malformed multipart", (("error", str(exc)), *_hexdump_lines(data)), str(exc))
     table = [("highlight", f"{len(parts)} parts; part 0 is the WBXML response, the others are the fetched data"),
              ("highlight", "part    offset    length"),
              *(("text", f"{index:>4}  {offset:>8}  {length:>8}") for index, (offset, length) in enumerate(parts)),
@@ -165,9 +166,9 @@ def render_body(data: bytes, content_type: str | None,
     try:
         name, lines = _xml_lines(data[offset:offset + length], max_opaque_shown)
     except InspectError as exc:
-        return Rendering("ActiveSync multipart (WBXML part malformed)", (*table, ("error", f"part 0: {exc}")),
+        return Rendering(f"{VIEW_NAME}: multipart, WBXML part malformed", (*table, ("error", f"part 0: {exc}")),
                          str(exc))
-    return Rendering(f"ActiveSync multipart {name}, {len(parts)} parts", (*table, *lines))
+    return Rendering(f"{VIEW_NAME}: multipart, {len(parts)} parts, {name}", (*table, *lines))
 
 
 def top_status(data: bytes, content_type: str | None) -> str | None:
