@@ -20,7 +20,7 @@ from bench.harness import BenchError, Options, Progress, check_cpus, machine_inf
 
 #: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
 #: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
-BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync"]
+BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync", "eas_peer"]
 
 DESCRIPTION = """\
 Measure casgate against a baseline in the same run and write the results.
@@ -46,7 +46,10 @@ procedure from ../shared/peers/imap (it installs and starts Dovecot and nginx's 
 there, loopback only) with casgate as a third target: about 3 minutes per round plus 3 for
 the idle-memory tests. eas_sync seeds the bench user's INBOX over IMAP (--eas-messages, 10,000
 by default; seconds to a minute, once) and times a phone's initial ActiveSync Sync of it and 200
-no-change Syncs against the same work done with raw IMAP on Dovecot (at most 3 rounds)."""
+no-change Syncs against the same work done with raw IMAP on Dovecot (at most 3 rounds). eas_peer
+sets up, starts and seeds the SOGo ActiveSync peer of ../shared/peers/sogo (Debian packages, loopback
+only, root needed) and runs its bench_eas.py against SOGo and against casgate on the same Dovecot, taking
+turns (at most 3 rounds, 1-2 minutes each, plus a few minutes of package installs on first use)."""
 
 
 def _load(name: str):
