@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from adapters.interfaces import Folder
 from gateway.activesync import policy, wbxml
-from gateway.activesync.commands.sync import FolderState, _wanted_flags, flag_bits
+from gateway.activesync.commands.sync import _wanted_flags
+from gateway.services.mailsync import (FolderState, categories, category_keyword, diff, flag_bits, keyword_category,
+                                      rebase)
 from gateway.activesync.folders import (DELETED, DRAFTS, INBOX, SENT, USER_MAIL, FolderMap, first_key,
                                         folder_types, next_key, valid_key)
 from gateway.activesync.wbxml import Element
@@ -144,3 +146,19 @@ def test_validate_cert_statuses():
     forged = _cert("a", "Mid", leaf_key, other_key, eku=[E.EMAIL_PROTECTION])  # names Mid, signed by someone else
     assert vc.check(forged, [mid], (root,), now) == vc.BAD_SIGNATURE
     assert vc.check(root, [], (root,), now) == vc.OK
+
+
+def test_category_keywords_round_trip():
+    for name in ("To Do", "Work", "Blue category", "Überfällig"):
+        keyword = category_keyword(name)
+        assert keyword.isascii() and " " not in keyword and keyword[0] not in "\\$" or keyword.startswith("$label")
+        assert keyword_category(keyword).lower() == name.lower() or not name.isascii()
+    assert categories(["\\Seen", "$Forwarded", "Junk", "$label2", "work", "Big_project"]) == ["Work", "Big project"]
+
+
+def test_rebase_and_diff():
+    state = FolderState(1, (5, 10, 4), {1: 1, 2: 0, 3: 2}, [9, 8], 0)
+    current = {1: 1, 2: 1, 8: 0, 10: 0}  # 3 gone, 2 read elsewhere, 9 gone before it was sent, 10 new
+    rebase(state, current)
+    assert state.pending == [10, 8]
+    assert diff(state, current) == ([3], [2])

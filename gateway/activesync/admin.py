@@ -20,11 +20,13 @@ def _when(epoch: float) -> str:
 
 
 def describe(device: Device) -> dict:
-    """One partnership as the command shows it (no secrets: the policy key says only whether one is held)."""
+    """One partnership as the command shows it (as Exchange's Get-ActiveSyncDeviceStatistics does, with the
+    policy key the device acknowledged; a key still being exchanged is left out)."""
     info = {k: v for k, v in device.info.items() if k != "pending_key"}
     return {"user": device.user, "device_id": device.device_id, "device_type": device.device_type,
             "model": device.model, "os": device.os, "user_agent": device.user_agent, "status": str(device.status),
-            "provisioned": bool(device.policy_key), "first_seen": _when(device.first_seen),
+            "provisioned": bool(device.policy_key), "policy_key": device.policy_key or None,
+            "first_seen": _when(device.first_seen),
             "last_sync": _when(device.last_sync), "info": info}
 
 

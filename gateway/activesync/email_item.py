@@ -54,6 +54,7 @@ from urllib.parse import unquote_to_bytes
 from lxml import etree
 
 from gateway.activesync.wbxml import Element
+from gateway.services.mailsync import categories
 
 __all__ = ["ItemError", "BodyPreference", "BodyOptions", "parse_options", "email_application_data",
            "conversation_id", "MAX_MESSAGE_BYTES", "MAX_DEPTH", "MAX_PARTS", "MAX_ATTACHMENTS"]
@@ -902,40 +903,8 @@ def _importance(headers: dict[str, str]) -> int:
     return 2 if value == "urgent" else 0 if value == "non-urgent" else 1
 
 
-_LABELS = {"$label1": "Important", "$label2": "Work", "$label3": "Personal", "$label4": "To Do", "$label5": "Later"}
-_NOT_CATEGORIES = frozenset({"junk", "nonjunk", "notjunk", "forwarded", "redirected", "mdnsent"})
-
-
-def category_keyword(category: str) -> str:
-    """The IMAP keyword (an atom) that stands for an EAS category: Thunderbird's label keywords for its five
-    default tags, otherwise the name with the characters an atom cannot hold (space, brackets, quotes,
-    wildcards, controls) as "_" — which reads back as a space."""
-    for keyword, name in _LABELS.items():
-        if name.lower() == category.strip().lower():
-            return keyword
-    out = "".join(c if c.isascii() and c.isprintable() and c not in ' (){%*"\\]' else "_" for c in category.strip())
-    return (out or "_")[:200] if out[:1] not in ("\\", "$") else "_" + out[1:200]
-
-
-def categories(flags: Sequence[str]) -> list[str]:
-    """The EAS categories a message's IMAP keywords stand for."""
-    return _categories(list(flags))
-
-
 def _categories(flags: list[str]) -> list[str]:
-    names: list[str] = []
-    seen: set[str] = set()
-    for flag in flags:
-        name = _LABELS.get(flag.lower(), flag)
-        if name is flag and name[:1] not in ("\\", "$"):
-            name = name.replace("_", " ")
-        if not name or name[0] in "\\$" or name.lower() in _NOT_CATEGORIES or name.lower() in seen:
-            continue
-        seen.add(name.lower())
-        names.append(_clean(name))
-        if len(names) >= MAX_CATEGORIES:
-            break
-    return names
+    return [_clean(name) for name in categories(flags)[:MAX_CATEGORIES]]
 
 
 def _body_25(message: _Message, options: BodyOptions, use_mime: bool) -> list[Element]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..folders import valid_key
 from ..wbxml import Element
 from . import EasCall, EasError
-from .sync import FILTER_DAYS, FolderState, flag_bits, in_window
+from ...services.mailsync import FolderState, flag_bits, in_window
+from .sync import FILTER_DAYS
 
 NS = "GetItemEstimate"
 # GetItemEstimate status (MS-ASCMD 2.2.3.177.6).
@@ -54,7 +55,7 @@ async def _estimate(call: EasCall, collection: Element) -> Element:
     filter_type = int(filter_text) if filter_text and filter_text.isdigit() and int(filter_text) in FILTER_DAYS \
         else state.filter_type
     store = await call.mailbox()
-    current = {m.uid: flag_bits(m.flags) for m in in_window(await store.list_messages(folder), filter_type)}
+    current = {m.uid: flag_bits(m.flags) for m in in_window(await store.list_messages(folder), FILTER_DAYS.get(filter_type))}
     owed = set(state.pending) & set(current)
     fresh = {uid for uid in current if uid not in state.known} - owed
     gone = sum(1 for uid in state.known if uid not in current)

@@ -16,7 +16,7 @@ import time
 from ..wbxml import Element
 from . import EasCall, EasError
 from .foldersync import known_folders
-from .sync import FolderState
+from ...services.mailsync import FolderState
 
 NS = "Ping"
 # Ping status (MS-ASCMD 2.2.3.177.11).

@@ -13,17 +13,13 @@ flag, move a message that may already have moved).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
-import zlib
-from dataclasses import dataclass, field
 
 from adapters.errors import BackendError, NotFound
-from adapters.interfaces import FolderStatus, MessageSummary
 
-from ..email_item import (BodyOptions, ItemError, categories, category_keyword, email_application_data,
-                          parse_options)
+from ...services.mailsync import (FLAGGED, READ, FolderState, categories, category_keyword, diff, flag_bits,
+                                  internal_date, look, marks, rebase, start)
+from ..email_item import BodyOptions, ItemError, email_application_data, parse_options
 from ..flagnotes import FlagNotes, plain_flag
 from ..folders import DELETED, first_key, folder_types, next_key, valid_key
 from ..wbxml import Element
@@ -36,62 +32,8 @@ DEFAULT_WINDOW = 100
 # Sync status codes (MS-ASCMD 2.2.3.177.17).
 OK, PROTOCOL_ERROR, INVALID_KEY, SERVER_ERROR, CONVERSION_ERROR, CONFLICT, NOT_FOUND = 1, 4, 3, 5, 6, 7, 8
 FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY = 12, 13
-READ, FLAGGED = 1, 2
 # FilterType -> days back (MS-ASCMD 2.2.3.70.1); 0 and 8 (incomplete tasks) mean no limit for mail.
 FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
-
-
-def flag_bits(flags: tuple[str, ...] | list[str]) -> int:
-    """READ and FLAGGED, plus a 16-bit digest of the categories (keywords) above them, so a category
-    change made by another client shows as a change too."""
-    up = {f.upper() for f in flags}
-    names = sorted(c.lower() for c in categories(flags))
-    digest = (zlib.crc32("\x1f".join(names).encode()) & 0xFFFF) if names else 0
-    return (READ if "\\SEEN" in up else 0) | (FLAGGED if "\\FLAGGED" in up else 0) | (digest << 2)
-
-
-@dataclass
-class FolderState:
-    """What a device has of one folder, and what it is still owed."""
-
-    uidvalidity: int
-    marks: tuple[int | None, int, int]   # (HIGHESTMODSEQ, UIDNEXT, MESSAGES) when last compared
-    known: dict[int, int] = field(default_factory=dict)  # UID -> READ|FLAGGED bits the device has
-    pending: list[int] = field(default_factory=list)     # UIDs still to send, newest first
-    filter_type: int = 0
-    relist: bool = False  # the marks were read after the device's own changes: list the folder next time
-
-    def dump(self) -> bytes:
-        uids = sorted(self.known)
-        doc = {"v": self.uidvalidity, "m": list(self.marks), "u": uids, "b": [self.known[u] for u in uids],
-               "p": self.pending, "f": self.filter_type, "r": self.relist}
-        return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 3)
-
-    @classmethod
-    def load(cls, blob: bytes) -> FolderState:
-        doc = json.loads(zlib.decompress(blob))
-        return cls(doc["v"], tuple(doc["m"]), dict(zip(doc["u"], doc["b"])), doc["p"], doc["f"], doc.get("r", False))
-
-
-def _marks(status: FolderStatus) -> tuple[int | None, int, int]:
-    return status.highestmodseq, status.uidnext, status.messages
-
-
-def internal_date(summary: MessageSummary) -> dt.datetime | None:
-    if not summary.internaldate:
-        return None
-    try:
-        return dt.datetime.strptime(summary.internaldate, "%d-%b-%Y %H:%M:%S %z")
-    except ValueError:
-        return None
-
-
-def in_window(listing: list[MessageSummary], filter_type: int) -> list[MessageSummary]:
-    days = FILTER_DAYS.get(filter_type)
-    if not days:
-        return listing
-    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
-    return [m for m in listing if (when := internal_date(m)) is None or when >= cutoff]
 
 
 def server_id(folder_id: str, uid: int) -> str:
@@ -165,10 +107,7 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     user, device = call.user.address, call.device.device_id
 
     if key == "0":
-        status = await store.status(folder)
-        listing = in_window(await store.list_messages(folder), filter_type)
-        state = FolderState(status.uidvalidity, _marks(status), {}, sorted((m.uid for m in listing), reverse=True),
-                            filter_type)
+        state = await start(store, folder, FILTER_DAYS.get(filter_type), filter_type)
         new_key = first_key()
         await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
         return _collection_status(collection_id, OK, new_key, klass), True
@@ -191,23 +130,8 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
         state.marks = (None, 0, -1)  # force a fresh listing below, with the new window
 
     responses: list[Element] = []
-    current: dict[int, int] | None = None
-    listed: dict[int, tuple[str, ...]] = {}  # UID -> IMAP flags, for the messages listed below
-    moved_on = _marks(status) != tuple(state.marks)
-    if (moved_on and commands is None and not state.relist and state.filter_type == 0
-            and state.marks[0] is not None and status.highestmodseq is not None and state.marks[0] > 0):
-        # CONDSTORE: every UID, plus only the messages changed since the last look, instead of every
-        # message's flags. Messages the device does not have yet count as unflagged until they are sent.
-        uids, changed = await store.changed_since(folder, state.marks[0])
-        current = {uid: state.known.get(uid, 0) for uid in uids}
-        for m in changed:
-            if m.uid in current:
-                current[m.uid] = flag_bits(m.flags)
-                listed[m.uid] = m.flags
-    elif commands is not None or moved_on or state.marks[0] is None or state.relist:
-        listing = in_window(await store.list_messages(folder), state.filter_type)
-        current = {m.uid: flag_bits(m.flags) for m in listing}
-        listed = {m.uid: m.flags for m in listing}
+    current, listed = await look(store, folder, state, status, FILTER_DAYS.get(state.filter_type),
+                                 full=commands is not None)
     if commands is not None:
         responses = await _client_commands(call, store, folder, collection_id, commands, state, current or {},
                                            listed, deletes_as_moves, body_options)
@@ -220,10 +144,10 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     more = False
     if wants_changes:
         if current is not None:
-            _rebase(state, current)
+            rebase(state, current)
         items, more = await _server_changes(call, store, folder, collection_id, state, current, listed, window,
                                             body_options)
-    state.marks = _marks(status)
+    state.marks = marks(status)
     state.relist = commands is not None
     if not items and not responses and not more and commands is None:
         if current is not None:  # listed, and nothing changed: remember the counters, keep the key
@@ -259,24 +183,13 @@ async def note_move(call: EasCall, source_id: str, uid: int, dest_id: str, new_u
         await store.put_sync_state(user, device, collection_id, latest.sync_key, state.dump(), keep=KEEP_STATES)
 
 
-def _rebase(state: FolderState, current: dict[int, int]) -> None:
-    """Messages new on the server join the owed list; owed ones that vanished leave it."""
-    owed = set(state.pending)
-    fresh = [uid for uid in current if uid not in state.known and uid not in owed]
-    kept = [uid for uid in state.pending if uid in current]
-    if fresh:
-        kept = sorted(set(kept) | set(fresh), reverse=True)
-    state.pending = kept
-
-
 async def _server_changes(call: EasCall, store, folder: str, collection_id: str, state: FolderState,
                           current: dict[int, int] | None, listed: dict[int, tuple[str, ...]], window: int,
                           options: BodyOptions) -> tuple[list, bool]:
     notes = FlagNotes(call.ctx.state)
     commands: list[Element] = []
     if current is not None:
-        gone = [uid for uid in state.known if uid not in current]
-        changed = [uid for uid, bits in state.known.items() if uid in current and current[uid] != bits]
+        gone, changed = diff(state, current)
         for uid in gone[:window]:
             commands.append(Element(NS, "Delete", [Element(NS, "ServerId", text=server_id(collection_id, uid))]))
             del state.known[uid]
