@@ -239,8 +239,12 @@ class ActiveSyncConfig:
     ping_max_heartbeat: int = _opt(3540, "Longest HeartbeatInterval, in seconds (Exchange's default).",
                                    check=_positive)
     ping_max_folders: int = _opt(300, "Most folders one Ping may watch.", check=_positive)
-    ping_check_interval: float = _opt(5.0, "Seconds between a held Ping's looks at its folders.",
-                                      check=_positive)
+    ping_check_interval: float = _opt(30.0, "Seconds between a held Ping's own looks at its folders (the "
+                                            "push hub tells it of INBOX changes at once and of other "
+                                            "folders' every push_poll_interval).", check=_positive)
+    push_poll_interval: float = _opt(15.0, "Seconds between the push hub's looks (STATUS) at a user's watched "
+                                           "folders other than INBOX, which it watches with IDLE.",
+                                     check=_positive)
     mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
                                          "last request, so the next sync skips the login.", check=_positive)
 

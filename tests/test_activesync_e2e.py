@@ -68,6 +68,19 @@ def _append(m: imaplib.IMAP4_SSL, subject: str, folder: str = "INBOX", html: boo
     assert typ == "OK"
 
 
+def _synced_inbox(c: Client):
+    """(the Inbox folder, its sync key after a whole initial sync, every item added)."""
+    inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
+    key = c.sync_folder(inbox.id).sync_key
+    items = []
+    while True:
+        result = c.sync_folder(inbox.id, key, window_size=200)
+        items += result.added
+        key = result.sync_key
+        if not result.more_available:
+            return inbox, key, items
+
+
 def _post(eas, who, users, cmd, body: bytes = b"", *, version="14.1", policy_key=None, device="RAWDEVICE1",
           user=None, extra_headers=None):
     headers = {"Content-Type": WBXML}
@@ -615,13 +628,7 @@ def test_ping_empty_change_set_then_a_new_message(eas, users, dovecot, certs):
     import threading
     m = _imap(dovecot, certs, TABLET, users)
     with _client(eas, users, TABLET) as c:
-        inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
-        key = c.sync_folder(inbox.id).sync_key
-        while True:
-            result = c.sync_folder(inbox.id, key, window_size=200)
-            key = result.sync_key
-            if not result.more_available:
-                break
+        inbox, key, _ = _synced_inbox(c)
         t0 = time.monotonic()
         quiet = c.ping([inbox.id], heartbeat=2)
         assert quiet.status == "1" and not quiet.changed_folder_ids and 1.5 < time.monotonic() - t0 < 10
@@ -1057,5 +1064,38 @@ def test_a_changed_policy_makes_devices_provision_again(eas, users, workdir, cer
             new_key = c.provision()
         assert wbxml.decode(_post(here, PHONE, users, "FolderSync", _folder_sync(), policy_key=new_key,
                                   device="POLICYDEV1").content).text_of("Status") == "1"
+    finally:
+        stop_gateway(proc)
+
+
+def test_push_a_held_ping_wakes_within_a_second_of_lmtp_delivery(eas, users, workdir, certs, dovecot):
+    """With the Ping's own look every 30 s (the default), only the push hub's IDLE can wake it this fast."""
+    import email.message
+    import smtplib
+    import threading
+    root = workdir / f"eas-push-{free_port()}"
+    https = free_port()
+    write_config(root, config_toml(certs, dovecot, https=https, extra='[domains."example.test"]\nimap = "dovecot"\n'
+                                   "[activesync]\nping_min_heartbeat = 1\n"), users_toml([TABLET]))
+    proc = start_gateway(root, [https])
+    here = {"port": https, "ca": eas["ca"], "root": root}
+    delivered = {}
+
+    def deliver():
+        msg = email.message.EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "x@example.test", TABLET, "pushed " + uuid.uuid4().hex[:6]
+        msg.set_content("now")
+        delivered["at"] = time.monotonic()
+        smtplib.LMTP("127.0.0.1", dovecot.lmtp_port).send_message(msg)
+    try:
+        with _client(here, users, TABLET) as c:
+            inbox, key, _ = _synced_inbox(c)
+            timer = threading.Timer(1.5, deliver)
+            timer.start()
+            woken = c.ping([inbox.id], heartbeat=60)
+            answered = time.monotonic()
+            timer.join()
+            assert woken.status == "2" and woken.changed_folder_ids == [inbox.id]
+            assert answered - delivered["at"] < 1.0
     finally:
         stop_gateway(proc)

@@ -13,6 +13,7 @@ from ...state import Device
 from ..devices import DeviceRegistry
 from ..folders import FolderMap
 from ...services.mailsessions import MailSessions
+from ...services.pushhub import PushHub
 from ..request import EasRequest
 from ..wbxml import Element
 
@@ -35,16 +36,19 @@ class EasServices:
     devices: DeviceRegistry
     mail: MailSessions
     folders: FolderMap
+    push: PushHub
     policy_digest: str = ""
 
     @classmethod
     def build(cls, ctx: GatewayContext) -> EasServices:
         cfg = ctx.config.activesync
         from ..policy import digest
-        return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access),
-                   MailSessions(ctx.backends, cfg.mail_idle_close), FolderMap(ctx.state), digest(cfg.policy))
+        mail = MailSessions(ctx.backends, cfg.mail_idle_close)
+        return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),
+                   PushHub(ctx.backends, mail, cfg.push_poll_interval), digest(cfg.policy))
 
     async def close(self) -> None:
+        self.push.close()
         await self.mail.close()
 
 

@@ -2,9 +2,10 @@
 
 A folder has changed for this device when the IMAP counters differ from the
 ones its latest sync state recorded, or when that state still owes it items.
-Until the push hub exists (one watcher per user, IMAP NOTIFY/IDLE), a held
-Ping checks its folders every ``[activesync] ping_check_interval`` seconds.
-A new Ping from the same device ends the one it replaces.
+A held Ping waits on the push hub (one watcher per user: IDLE on INBOX,
+STATUS of the other folders), and also looks by itself every
+``[activesync] ping_check_interval`` seconds. A new Ping from the same
+device ends the one it replaces.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ NS = "Ping"
 # Ping status (MS-ASCMD 2.2.3.177.11).
 EXPIRED, CHANGED, MISSING, SYNTAX, BAD_HEARTBEAT, TOO_MANY, HIERARCHY, SERVER_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 _SAVED = "eas-ping"
-_held: dict[tuple[str, str], asyncio.Event] = {}
+_held: dict[tuple[str, str], asyncio.Queue] = {}
 
 
 def _answer(status: int, *children: Element) -> Element:
@@ -60,28 +61,32 @@ async def run(call: EasCall) -> Element:
         return _answer(HIERARCHY)
     me = (call.user.address, call.device.device_id)
     if (previous := _held.get(me)) is not None:
-        previous.set()  # the device has moved on: its older Ping ends now
-    ended = asyncio.Event()
-    _held[me] = ended
-    try:
-        deadline = time.monotonic() + heartbeat
-        while True:
-            changed = await _changed(call, folders, known)
-            if changed is None:
-                return _answer(HIERARCHY)
-            if changed:
-                return _answer(CHANGED, Element(NS, "Folders", [Element(NS, "Folder", text=f) for f in changed]))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return _answer(EXPIRED)
-            try:
-                await asyncio.wait_for(ended.wait(), min(remaining, cfg.ping_check_interval))
-                return _answer(EXPIRED)
-            except asyncio.TimeoutError:
-                continue
-    finally:
-        if _held.get(me) is ended:
-            del _held[me]
+        previous.put_nowait(None)  # the device has moved on: its older Ping ends now
+    names = {name for f in folders if (name := await call.services.folders.name_of(call.user.address, f))}
+    backend = call.ctx.directory.route(call.user, "imap") or ""
+    async with call.services.push.waiting(call.user, backend, call.creds, call.client_ip, names) as queue:
+        _held[me] = queue
+        try:
+            deadline = time.monotonic() + heartbeat
+            while True:
+                changed = await _changed(call, folders, known)
+                if changed is None:
+                    return _answer(HIERARCHY)
+                if changed:
+                    return _answer(CHANGED, Element(NS, "Folders", [Element(NS, "Folder", text=f) for f in changed]))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return _answer(EXPIRED)
+                try:
+                    # The push hub names a folder the moment its watcher sees it change; the periodic look
+                    # is the safety net for changes a watcher cannot see (another folder's flags, say).
+                    if await asyncio.wait_for(queue.get(), min(remaining, cfg.ping_check_interval)) is None:
+                        return _answer(EXPIRED)
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            if _held.get(me) is queue:
+                del _held[me]
 
 
 async def _changed(call: EasCall, folders: list[str], known: dict[str, list]) -> list[str] | None:

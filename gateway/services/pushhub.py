@@ -1,0 +1,107 @@
+"""The push hub: who is waiting for which mail folder, and one watcher per user that tells them.
+
+A user's watcher starts with the first waiting request and stops when the last
+one leaves. It holds one IMAP connection in IDLE on INBOX (new mail there is
+seen the moment the server reports it) and looks at the user's other watched
+folders' counters (STATUS) every ``poll_interval`` seconds. A waiter gets the
+names of the folders that may have changed; it decides itself whether they
+changed for it (a phone compares with its sync state). Waiting is a coroutine
+on a queue: nothing per waiter but the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from adapters.errors import BackendError
+from adapters.imap.idle import watch
+from adapters.interfaces import Credentials, UserRecord
+
+from .backends import Backends
+from .mailsessions import MailSessions
+
+log = logging.getLogger("casgate.push")
+
+
+@dataclass(eq=False)
+class _Waiter:
+    folders: frozenset[str]
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class _Watcher:
+    def __init__(self, hub: PushHub, user: UserRecord, backend: str, creds: Credentials, client_ip: str) -> None:
+        self.hub, self.user, self.backend, self.creds, self.client_ip = hub, user, backend, creds, client_ip
+        self.waiters: set[_Waiter] = set()
+        self.last: dict[str, tuple] = {}
+        self.tasks = [asyncio.ensure_future(self._idle()), asyncio.ensure_future(self._poll())]
+
+    def notify(self, folder: str) -> None:
+        for waiter in self.waiters:
+            if folder in waiter.folders:
+                waiter.queue.put_nowait(folder)
+
+    async def _idle(self) -> None:
+        endpoint = self.hub.backends.imap_endpoint(self.backend)
+        await watch(endpoint, self.creds, "INBOX", lambda: self.notify("INBOX"), self.client_ip)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.hub.poll_interval)
+            folders = {f for w in self.waiters for f in w.folders if f.upper() != "INBOX"}
+            if not folders:
+                continue
+            try:
+                store = await self.hub.mail.store(self.user, self.backend, self.creds, self.client_ip)
+                for folder in folders:
+                    status = await store.status(folder)
+                    now = (status.uidvalidity, status.highestmodseq, status.uidnext, status.messages)
+                    if self.last.get(folder, now) != now:
+                        self.notify(folder)
+                    self.last[folder] = now
+            except BackendError as exc:
+                log.info("push poll failed", extra={"event": "push", "user": self.user.address,
+                                                    "error": str(exc)[:200]})
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+class PushHub:
+    def __init__(self, backends: Backends, mail: MailSessions, poll_interval: float = 30.0) -> None:
+        self.backends = backends
+        self.mail = mail
+        self.poll_interval = poll_interval
+        self._watchers: dict[str, _Watcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def waiting(self, user: UserRecord, backend: str, creds: Credentials, client_ip: str,
+                      folders: set[str]) -> AsyncIterator[asyncio.Queue]:
+        """A queue that receives the name of each of ``folders`` the user's watcher sees change."""
+        watcher = self._watchers.get(user.address)
+        if watcher is None or watcher.creds != creds:
+            if watcher is not None:
+                watcher.stop()
+            watcher = self._watchers[user.address] = _Watcher(self, user, backend, creds, client_ip)
+        waiter = _Waiter(frozenset(folders))
+        watcher.waiters.add(waiter)
+        try:
+            yield waiter.queue
+        finally:
+            watcher.waiters.discard(waiter)
+            if not watcher.waiters and self._watchers.get(user.address) is watcher:
+                del self._watchers[user.address]
+                watcher.stop()
+
+    def watching(self) -> int:
+        return len(self._watchers)
+
+    def close(self) -> None:
+        for watcher in self._watchers.values():
+            watcher.stop()
+        self._watchers.clear()
