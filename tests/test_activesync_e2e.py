@@ -697,15 +697,7 @@ async def test_send_reply_forward_through_smtp_with_a_copy_in_sent(eas, users, d
 
     def reply_and_forward():
         with _client(eas, users, TABLET) as c:
-            inbox = next(f for f in c.list_folders() if f.type == FolderType.INBOX)
-            key = c.sync_folder(inbox.id).sync_key
-            items = []
-            while True:
-                result = c.sync_folder(inbox.id, key, window_size=200)
-                items += result.added
-                key = result.sync_key
-                if not result.more_available:
-                    break
+            inbox, key, items = _synced_inbox(c)
             original = next(i for i in items if i.fields.get("Email.Subject") == marker + " original")
             for command, subject in (("SmartReply", "Re: " + marker), ("SmartForward", "Fwd: " + marker)):
                 mime = (f"From: {TABLET}\r\nTo: {PHONE}\r\nSubject: {subject}\r\n"
