@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from .server import StartupError, install_event_loop
+    from .state.bus import BusError
     if args.command == "config-help":
         for key, typ, default, help_text in describe():
             print(f"{key} ({typ}, default {default!r})\n    {help_text}")
@@ -142,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         install_event_loop(cfg.server.ssl_read_buffer)
         try:
             asyncio.run(_serve(cfg))
-        except StartupError as exc:
+        except (StartupError, BusError) as exc:
             return _fail(str(exc), 1)
         return 0
     if args.command == "demo":

@@ -87,6 +87,10 @@ class StateConfig:
                                   "postgresql (several nodes).", check=_one_of("sqlite", "postgresql"))
     path: str = _opt("casgate.db", "SQLite database file (backend = sqlite).")
     dsn: str = _opt("", "PostgreSQL connection string (backend = postgresql).")
+    schema: str = _opt("", "PostgreSQL schema to keep the tables in (empty: the search path's first).")
+    bus: str = _opt("local", "How change notices reach the other gateway nodes: local (one node) or redis.",
+                    check=_one_of("local", "redis"))
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis server for bus = redis.")
 
 
 @dataclass(frozen=True)

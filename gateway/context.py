@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import tls
 from .config import Config
@@ -14,6 +14,7 @@ from .services.availability import AvailabilityService
 from .services.backends import Backends
 from .services.directory import StaticDirectory
 from .state import StateStore, open_store
+from .state.bus import Bus, LocalBus, open_bus
 
 
 @dataclass
@@ -26,6 +27,7 @@ class GatewayContext:
     metrics: Metrics
     ssl_context: ssl.SSLContext
     availability: AvailabilityService
+    bus: Bus = field(default_factory=LocalBus)
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext:
@@ -43,9 +45,13 @@ async def open_context(config: Config, stack: AsyncExitStack) -> GatewayContext:
     auth = AuthService(config.auth, directory, backends,
                        on_result=lambda result: metrics.auth.labels(result).inc())
     st = config.state
-    store = open_store(st.backend, path=str(config.path(st.path)) if st.backend == "sqlite" else "", dsn=st.dsn)
+    store = open_store(st.backend, path=str(config.path(st.path)) if st.backend == "sqlite" else "", dsn=st.dsn,
+                       schema=st.schema)
     await store.start()
     stack.push_async_callback(store.close)
     availability = AvailabilityService(config, directory, backends)
     stack.push_async_callback(availability.close)
-    return GatewayContext(config, directory, backends, auth, store, metrics, ssl_ctx, availability)
+    bus = open_bus(st.bus, st.redis_url)
+    await bus.start()
+    stack.push_async_callback(bus.close)
+    return GatewayContext(config, directory, backends, auth, store, metrics, ssl_ctx, availability, bus)

@@ -1091,3 +1091,59 @@ def test_push_a_held_ping_wakes_within_a_second_of_lmtp_delivery(eas, users, wor
             assert answered - delivered["at"] < 1.0
     finally:
         stop_gateway(proc)
+
+
+def test_two_nodes_a_ping_on_one_hears_a_change_made_through_the_other(eas, users, workdir, certs, dovecot):
+    """Two gateways sharing PostgreSQL state and the Redis bus: a phone's Ping held on node A is woken by a
+    move another phone made through node B (the folder is not INBOX, and A's own looks are a minute apart)."""
+    import asyncio
+    import threading
+
+    import asyncpg
+
+    from fixtures_state import PG_DSN
+    schema = "casgate_eas_" + uuid.uuid4().hex[:12]
+    nodes, procs = [], []
+    marker = "twonodes" + uuid.uuid4().hex[:6]
+    m = _imap(dovecot, certs, TABLET, users)
+    _append(m, marker)
+    try:
+        for name in ("a", "b"):
+            root = workdir / f"eas-node-{name}-{free_port()}"
+            https = free_port()
+            state = (f'[state]\nbackend = "postgresql"\ndsn = "{PG_DSN}"\nschema = "{schema}"\nbus = "redis"\n'
+                     f'redis_url = "redis://127.0.0.1:6379/0"\n')
+            extra = ('[domains."example.test"]\nimap = "dovecot"\n[activesync]\nping_min_heartbeat = 1\n'
+                     "ping_check_interval = 60\npush_poll_interval = 60\n")
+            config = config_toml(certs, dovecot, https=https, extra=extra).replace('[state]\npath = "state.db"\n', state)
+            write_config(root, config, users_toml([TABLET]))
+            procs.append(start_gateway(root, [https]))
+            nodes.append({"port": https, "ca": eas["ca"], "root": root})
+        with _client(nodes[0], users, TABLET, "NODEAPHONE") as a, _client(nodes[1], users, TABLET, "NODEBPHONE") as b:
+            archive = next(f for f in a.list_folders() if f.name == "Archive")
+            key = a.sync_folder(archive.id).sync_key
+            a.sync_folder(archive.id, key, window_size=200)
+            inbox_b, _, items = _synced_inbox(b)
+            item = next(i for i in items if i.fields.get("Email.Subject") == marker)
+            moved = {}
+
+            def move_through_b():
+                moved["at"] = time.monotonic()
+                b.move_item(item.server_id, inbox_b.id, archive.id)
+            timer = threading.Timer(1.5, move_through_b)
+            timer.start()
+            woken = a.ping([archive.id], heartbeat=60)
+            answered = time.monotonic()
+            timer.join()
+            assert woken.status == "2" and woken.changed_folder_ids == [archive.id]
+            assert answered - moved["at"] < 1.5
+    finally:
+        for proc in procs:
+            stop_gateway(proc)
+        m.logout()
+
+        async def drop():
+            conn = await asyncpg.connect(PG_DSN)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+        asyncio.run(drop())

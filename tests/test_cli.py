@@ -111,3 +111,13 @@ def test_shipped_configs_are_valid():
         assert set(cfg.backends) >= {"dovecot"}
     config_help = run("config-help")
     assert config_help.returncode == 0 and "auth.cache_ttl" in config_help.stdout
+
+
+def test_redis_bus_that_does_not_answer(workdir, certs, dovecot):
+    root = Path(workdir) / f"cli-redis-{free_port()}"
+    cfg = write_gateway_config(root, certs, dovecot)
+    dead = free_port()
+    cfg.write_text(cfg.read_text().replace('[state]\npath = "state.db"\n',
+                                           f'[state]\npath = "state.db"\nbus = "redis"\n'
+                                           f'redis_url = "redis://127.0.0.1:{dead}/0"\n'))
+    assert_clean_error(run("serve", "-c", str(cfg)), 1, "Redis bus", str(dead))

@@ -3,7 +3,9 @@
 A user's watcher starts with the first waiting request and stops when the last
 one leaves. It holds one IMAP connection in IDLE on INBOX (new mail there is
 seen the moment the server reports it) and looks at the user's other watched
-folders' counters (STATUS) every ``poll_interval`` seconds. A waiter gets the
+folders' counters (STATUS) every ``poll_interval`` seconds. What a watcher or
+a front end sees goes out on the bus (Redis with several nodes), so a waiter
+on any node hears a change seen on any other. A waiter gets the
 names of the folders that may have changed; it decides itself whether they
 changed for it (a phone compares with its sync state). Waiting is a coroutine
 on a queue: nothing per waiter but the queue.
@@ -21,6 +23,7 @@ from adapters.errors import BackendError
 from adapters.imap.idle import watch
 from adapters.interfaces import Credentials, UserRecord
 
+from ..state.bus import Bus, LocalBus
 from .backends import Backends
 from .mailsessions import MailSessions
 
@@ -38,6 +41,7 @@ class _Watcher:
         self.hub, self.user, self.backend, self.creds, self.client_ip = hub, user, backend, creds, client_ip
         self.waiters: set[_Waiter] = set()
         self.last: dict[str, tuple] = {}
+        self.unsubscribe = None
         self.tasks = [asyncio.ensure_future(self._idle()), asyncio.ensure_future(self._poll())]
 
     def notify(self, folder: str) -> None:
@@ -45,9 +49,15 @@ class _Watcher:
             if folder in waiter.folders:
                 waiter.queue.put_nowait(folder)
 
+    def seen(self, folder: str) -> None:
+        """A change this node saw: tell every node (this one through the bus as well)."""
+        task = asyncio.ensure_future(self.hub.bus.publish(channel(self.user.address), folder))
+        self.hub.publishing.add(task)
+        task.add_done_callback(self.hub.publishing.discard)
+
     async def _idle(self) -> None:
         endpoint = self.hub.backends.imap_endpoint(self.backend)
-        await watch(endpoint, self.creds, "INBOX", lambda: self.notify("INBOX"), self.client_ip)
+        await watch(endpoint, self.creds, "INBOX", lambda: self.seen("INBOX"), self.client_ip)
 
     async def _poll(self) -> None:
         while True:
@@ -61,7 +71,7 @@ class _Watcher:
                     status = await store.status(folder)
                     now = (status.uidvalidity, status.highestmodseq, status.uidnext, status.messages)
                     if self.last.get(folder, now) != now:
-                        self.notify(folder)
+                        self.seen(folder)
                     self.last[folder] = now
             except BackendError as exc:
                 log.info("push poll failed", extra={"event": "push", "user": self.user.address,
@@ -70,14 +80,29 @@ class _Watcher:
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.unsubscribe is not None:
+            task = asyncio.ensure_future(self.unsubscribe())
+            self.hub.publishing.add(task)
+            task.add_done_callback(self.hub.publishing.discard)
+
+
+def channel(user: str) -> str:
+    return "casgate:mail:" + user.lower()
 
 
 class PushHub:
-    def __init__(self, backends: Backends, mail: MailSessions, poll_interval: float = 30.0) -> None:
+    def __init__(self, backends: Backends, mail: MailSessions, bus: Bus | None = None,
+                 poll_interval: float = 30.0) -> None:
         self.backends = backends
         self.mail = mail
+        self.bus: Bus = bus if bus is not None else LocalBus()
         self.poll_interval = poll_interval
         self._watchers: dict[str, _Watcher] = {}
+        self.publishing: set[asyncio.Task] = set()
+
+    async def changed(self, user: str, folder: str) -> None:
+        """A front end changed a folder itself (a phone's Sync, a move): wake that user's waiters on all nodes."""
+        await self.bus.publish(channel(user), folder)
 
     @contextlib.asynccontextmanager
     async def waiting(self, user: UserRecord, backend: str, creds: Credentials, client_ip: str,
@@ -88,6 +113,7 @@ class PushHub:
             if watcher is not None:
                 watcher.stop()
             watcher = self._watchers[user.address] = _Watcher(self, user, backend, creds, client_ip)
+            watcher.unsubscribe = await self.bus.subscribe(channel(user.address), watcher.notify)
         waiter = _Waiter(frozenset(folders))
         watcher.waiters.add(waiter)
         try:

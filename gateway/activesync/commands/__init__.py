@@ -45,7 +45,7 @@ class EasServices:
         from ..policy import digest
         mail = MailSessions(ctx.backends, cfg.mail_idle_close)
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),
-                   PushHub(ctx.backends, mail, cfg.push_poll_interval), digest(cfg.policy))
+                   PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval), digest(cfg.policy))
 
     async def close(self) -> None:
         self.push.close()

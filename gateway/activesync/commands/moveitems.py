@@ -62,5 +62,7 @@ async def run(call: EasCall) -> Element:
             out.append(_response(source_item, FAILED))
             continue
         await note_move(call, source_id, uid, dest_id, new_uid, flags)
+        for changed in (source, dest):
+            await call.services.push.changed(call.user.address, changed)
         out.append(_response(source_item, OK, server_id(dest_id, new_uid)))
     return Element(NS, "MoveItems", out)

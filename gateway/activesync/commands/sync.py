@@ -139,6 +139,7 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
         # them (so a Ping does not wake for them), but they may cover a message that arrived meanwhile
         # too: the next Sync lists the folder rather than trust them.
         status = await store.status(folder)
+        await call.services.push.changed(call.user.address, folder)  # the user's other devices, any node
 
     items: list[Element] = []
     more = False
