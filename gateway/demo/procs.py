@@ -4,17 +4,46 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago, below the kernel's ephemeral range.
+
+    A port the kernel picks for bind(0) comes from the same range as the source ports of outgoing
+    connections, so a busy process (back-end connections, IDLE watchers) could take it before the
+    service it was meant for binds it. Ports below that range are never handed out that way; each is
+    given to one caller only.
+    """
+    low = _ephemeral_low()
+    start = max(1024, low - 12000) if low > 13024 else 0
+    for _ in range(200):
+        port = random.randrange(start, low) if start else 0
+        if port and port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port found")
 
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None,
