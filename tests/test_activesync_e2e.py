@@ -616,11 +616,11 @@ def test_search_the_mailbox(eas, users, dovecot, certs):
         assert found.status == "1" and len(found.items) == 3
         assert all(i.fields.get("Email.Subject", "").startswith(marker) for i in found.items)
         assert all(i.fields.get("Find.Preview") == "body of " + i.fields["Email.Subject"] for i in found.items)
-        gal = wbxml.encode(Element("Search", "Search", [Element("Search", "Store", [
-            Element("Search", "Name", text="GAL"), Element("Search", "Query", text="x")])]))
-        doc = wbxml.decode(_post(eas, TABLET, users, "Search", gal, policy_key=c._transport.policy_key,
+        library = wbxml.encode(Element("Search", "Search", [Element("Search", "Store", [
+            Element("Search", "Name", text="DocumentLibrary"), Element("Search", "Query", text="x")])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "Search", library, policy_key=c._transport.policy_key,
                                  device=c._transport.device_id).content)
-        assert doc.find("Response").find("Store").text_of("Status") == "2"  # not offered yet, said so
+        assert doc.find("Response").find("Store").text_of("Status") == "2"  # not offered, said so
     m.logout()
 
 
@@ -1147,3 +1147,33 @@ def test_two_nodes_a_ping_on_one_hears_a_change_made_through_the_other(eas, user
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             await conn.close()
         asyncio.run(drop())
+
+
+def test_gal_search_and_resolve_recipients_with_free_busy(eas, users):
+    import datetime as dt
+    with _client(eas, users, TABLET) as c:
+        found = c.search_gal("phone")
+        assert [(g.email_address, g.display_name, g.first_name, g.last_name) for g in found] == [
+            (PHONE, "Phone Example", "Phone", "Example")]
+        assert c.search_gal("nobody-by-that-name") == []
+        start = dt.datetime(2030, 3, 4, 8, tzinfo=dt.timezone.utc)
+        body = wbxml.encode(Element("ResolveRecipients", "ResolveRecipients", [
+            Element("ResolveRecipients", "To", text=PHONE), Element("ResolveRecipients", "To", text="Example"),
+            Element("ResolveRecipients", "To", text="stranger@elsewhere.test"),
+            Element("ResolveRecipients", "Options", [
+                Element("ResolveRecipients", "CertificateRetrieval", text="2"),
+                Element("ResolveRecipients", "Availability", [
+                    Element("ResolveRecipients", "StartTime", text=start.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                    Element("ResolveRecipients", "EndTime",
+                            text=(start + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))])])]))
+        doc = wbxml.decode(_post(eas, TABLET, users, "ResolveRecipients", body, policy_key=c._transport.policy_key,
+                                 device=c._transport.device_id).content)
+        assert doc.text_of("Status") == "1"
+        exact, ambiguous, unknown = doc.findall("Response")
+        assert exact.text_of("Status") == "1" and exact.find("Recipient").text_of("EmailAddress") == PHONE
+        availability = exact.find("Recipient").find("Availability")
+        # Phone has no CalDAV back end in this gateway: free/busy is unavailable, said so, not made up.
+        assert availability.text_of("Status") == "162" and availability.find("MergedFreeBusy") is None
+        assert exact.find("Recipient").find("Certificates").text_of("Status") == "7"
+        assert ambiguous.text_of("Status") == "2" and int(ambiguous.text_of("RecipientCount")) >= 2
+        assert unknown.text_of("Status") == "4" and unknown.text_of("RecipientCount") == "0"

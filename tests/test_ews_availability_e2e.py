@@ -304,3 +304,35 @@ def test_internet_free_busy_url(ews_gateway, account, users):
     assert get("/freebusy/carol@example.test.vfb")[0] == 403
     assert get("/freebusy/bob@example.test.vfb?start=2031-01-01&end=2031-06-01")[0] == 400
     assert get("/freebusy/bob@example.test.vfb?start=yesterday")[0] == 400
+
+
+def test_activesync_resolve_recipients_carries_the_same_merged_free_busy(ews_gateway, certs, users):
+    """A phone asks ResolveRecipients with Availability: the MergedFreeBusy comes from the same service."""
+    import requests
+    from pyactivesync import Client
+
+    from gateway.activesync import wbxml
+    from gateway.activesync.wbxml import Element
+    url, _, _ = ews_gateway
+    server = url.split("/")[2]
+    start = dt.datetime(2031, 10, 20, 6, tzinfo=UTC)
+    end = dt.datetime(2031, 10, 20, 10, tzinfo=UTC)
+    alice = "alice@example.test"
+    with Client(server, alice, users[alice], device_id="FREEBUSYPHONE1") as c:
+        c._transport.session.verify = str(certs.ca_cert)
+        c._transport.session.trust_env = False
+        key = c.provision()
+    body = wbxml.encode(Element("ResolveRecipients", "ResolveRecipients", [
+        Element("ResolveRecipients", "To", text="bob@example.test"),
+        Element("ResolveRecipients", "Options", [Element("ResolveRecipients", "Availability", [
+            Element("ResolveRecipients", "StartTime", text=start.strftime("%Y-%m-%dT%H:%M:%SZ")),
+            Element("ResolveRecipients", "EndTime", text=end.strftime("%Y-%m-%dT%H:%M:%SZ"))])])]))
+    r = requests.post(f"https://{server}/Microsoft-Server-ActiveSync", data=body, auth=(alice, users[alice]),
+                      params={"Cmd": "ResolveRecipients", "User": alice, "DeviceId": "FREEBUSYPHONE1",
+                              "DeviceType": "pyactivesync"}, verify=str(certs.ca_cert), timeout=30,
+                      headers={"Content-Type": "application/vnd.ms-sync.wbxml", "MS-ASProtocolVersion": "14.1",
+                               "X-MS-PolicyKey": key})
+    availability = wbxml.decode(r.content).find("Response").find("Recipient").find("Availability")
+    assert availability.text_of("Status") == "1"
+    assert availability.text_of("MergedFreeBusy") == expected_merged(BOB_EXPECTED, start, end, 30)
+    assert "2" in availability.text_of("MergedFreeBusy")  # the weekly meeting shows as busy

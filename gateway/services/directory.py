@@ -63,6 +63,22 @@ class StaticDirectory:
     def all_users(self) -> list[UserRecord]:
         return list(self._records)
 
+    def search(self, text: str, limit: int = 100) -> list[UserRecord]:
+        """People whose address, alias, login or a word of whose display name starts with ``text``
+        (ignoring case), by display name: the global address list as a phone or web app searches it."""
+        wanted = text.strip().lower()
+        if not wanted:
+            return []
+        found = []
+        for r in self._records:
+            words = (r.display_name or "").lower().split()
+            keys = [r.address.lower(), r.login.lower(), *(a.lower() for a in r.aliases), *words,
+                    (r.display_name or "").lower()]
+            if any(k.startswith(wanted) for k in keys):
+                found.append(r)
+        found.sort(key=lambda r: ((r.display_name or r.address).lower(), r.address))
+        return found[:limit]
+
     def route(self, user: UserRecord, role: str) -> str | None:
         """Name of the back end serving ``role`` (imap, caldav, carddav, smtp, ews) for this user."""
         return user.backends.get(role) or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,18 @@ class EasCall:
         return self.services.mail.store(self.user, backend, self.creds, self.client_ip)
 
 
+def instant(text: str | None, status: int) -> dt.datetime | None:
+    """An EAS date-time (``2030-01-02T03:04:05.000Z``) as an aware datetime (naive means UTC); None when
+    absent; EasError with ``status`` when malformed."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EasError(status, "bad date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[EasCall], Awaitable[Element | None]]
@@ -109,7 +122,8 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import composemail, find, foldercommands, foldersync, getitemestimate, itemoperations, moveitems, ping, provision, search, settings, sync, validatecert
+    from . import (composemail, find, foldercommands, foldersync, gal, getitemestimate, itemoperations, moveitems,
+                   ping, provision, search, settings, sync, validatecert)
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -125,6 +139,7 @@ def _registry() -> dict[str, Command]:
         "Search": Command(search.run),
         "Ping": Command(ping.run),
         "Find": Command(find.run),
+        "ResolveRecipients": Command(gal.resolve_recipients),
         "SendMail": Command(composemail.send_mail, wbxml_body=None),
         "SmartReply": Command(composemail.smart_reply, wbxml_body=None),
         "SmartForward": Command(composemail.smart_forward, wbxml_body=None),

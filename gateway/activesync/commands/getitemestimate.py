@@ -55,7 +55,8 @@ async def _estimate(call: EasCall, collection: Element) -> Element:
     filter_type = int(filter_text) if filter_text and filter_text.isdigit() and int(filter_text) in FILTER_DAYS \
         else state.filter_type
     store = await call.mailbox()
-    current = {m.uid: flag_bits(m.flags) for m in in_window(await store.list_messages(folder), FILTER_DAYS.get(filter_type))}
+    listing = in_window(await store.list_messages(folder), FILTER_DAYS.get(filter_type))
+    current = {m.uid: flag_bits(m.flags) for m in listing}
     owed = set(state.pending) & set(current)
     fresh = {uid for uid in current if uid not in state.known} - owed
     gone = sum(1 for uid in state.known if uid not in current)

@@ -196,7 +196,8 @@ async def _move_conversation(call: EasCall, operation: Element) -> Element:
         if folder.name == dest or (not always and kinds.get(folder.name) in (DELETED, SENT)):
             continue
         try:
-            members = [uid for uid, block in await store.thread_headers(folder.name) if conversation_id(block) == wanted]
+            headers = await store.thread_headers(folder.name)
+            members = [uid for uid, block in headers if conversation_id(block) == wanted]
             if not members:
                 continue
             flags = {uid: await store.fetch_flags(folder.name, uid) for uid in members}

@@ -3,7 +3,7 @@
 The query is And(Class Email, [CollectionId], FreeText, [GreaterThan/LessThan DateReceived]); results are
 newest first, in the Range the device asks for (default 0-99), each with its LongId (the item's
 ServerId, which ItemOperations and SmartReply accept) and its properties as a Sync would send them.
-The GAL store belongs to the directory and is answered by its own code once a directory search exists.
+The GAL store is the directory's, answered by ``gal.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from adapters.interfaces import MessageSummary
 
 from ..email_item import ItemError, email_application_data, parse_options
 from ..wbxml import Element
-from . import EasCall, EasError
+from . import EasCall, EasError, instant
 from .sync import internal_date, server_id
 
 NS = "Search"
@@ -29,16 +29,6 @@ _RANGE = re.compile(r"^(\d{1,6})-(\d{1,6})$")
 def _store_status(status: int) -> Element:
     return Element(NS, "Search", [Element(NS, "Status", text=str(OK)), Element(NS, "Response", [
         Element(NS, "Store", [Element(NS, "Status", text=str(status))])])])
-
-
-def _instant(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise EasError(INVALID, "bad date in the query") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _query(query: Element) -> tuple[str | None, str, dt.datetime | None, dt.datetime | None]:
@@ -54,7 +44,7 @@ def _query(query: Element) -> tuple[str | None, str, dt.datetime | None, dt.date
         elif term.name == "FreeText":
             text = (term.text or "").strip()
         elif term.name in ("GreaterThan", "LessThan"):
-            value = _instant(term.text_of("Value"))
+            value = instant(term.text_of("Value"), INVALID)
             if term.name == "GreaterThan":
                 since = value
             else:
@@ -107,9 +97,12 @@ async def run(call: EasCall) -> Element:
     if store_element is None:
         raise EasError(INVALID, "expected a Search request with a Store")
     name = (store_element.text_of("Name") or "").lower()
+    if name == "gal":
+        from .gal import search_gal
+        return Element(NS, "Search", [Element(NS, "Status", text=str(OK)), Element(NS, "Response", [
+            search_gal(call, store_element)])])
     if name != "mailbox":
-        # GAL and document-library searches are not offered by this gateway yet.
-        return _store_status(INVALID)
+        return _store_status(INVALID)  # document libraries are not offered
     query = store_element.find("Query")
     if query is None:
         return _store_status(INVALID)

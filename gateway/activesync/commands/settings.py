@@ -10,7 +10,7 @@ import logging
 from adapters.errors import AuthenticationFailed, BackendUnavailable, InvalidData, PermissionDenied, QuotaExceeded
 
 from ..wbxml import Element
-from . import EasCall, EasError
+from . import EasCall, EasError, instant
 from .provision import DEVICE_INFO_FIELDS
 
 log = logging.getLogger("casgate.activesync")
@@ -26,16 +26,6 @@ def _status(name: str, status: int, *children: Element) -> Element:
 
 def _time(value: dt.datetime | None) -> str:
     return (value or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise EasError(INVALID, "bad OOF time") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 async def run(call: EasCall) -> Element:
@@ -108,7 +98,8 @@ async def _oof(call: EasCall, part: Element) -> Element:
         if state_text not in ("0", "1", "2"):
             return _status("Oof", INVALID)
         messages = {m.children[0].name: m for m in request.findall("OofMessage") if m.children}
-        start, end = _parse_time(request.text_of("StartTime")), _parse_time(request.text_of("EndTime"))
+        start = instant(request.text_of("StartTime"), INVALID)
+        end = instant(request.text_of("EndTime"), INVALID)
         if state_text == "2" and (start is None or end is None or end <= start):
             return _status("Oof", CONFLICT)
 
@@ -137,11 +128,13 @@ async def _oof(call: EasCall, part: Element) -> Element:
 def _oof_get(settings) -> Element:
     children = [Element(NS, "OofState", text=str(settings.state))]
     if settings.state == 2:
-        children += [Element(NS, "StartTime", text=_time(settings.start)), Element(NS, "EndTime", text=_time(settings.end))]
+        children += [Element(NS, "StartTime", text=_time(settings.start)),
+                     Element(NS, "EndTime", text=_time(settings.end))]
     external = settings.external_message or settings.internal_message
     for audience, enabled, message in (
             ("AppliesToInternal", settings.state != 0, settings.internal_message or external),
-            ("AppliesToExternalKnown", settings.state != 0 and settings.external_audience in ("known", "all"), external),
+            ("AppliesToExternalKnown", settings.state != 0 and settings.external_audience in ("known", "all"),
+             external),
             ("AppliesToExternalUnknown", settings.state != 0 and settings.external_audience == "all", external)):
         children.append(Element(NS, "OofMessage", [
             Element(NS, audience), Element(NS, "Enabled", text="1" if enabled else "0"),
