@@ -1177,3 +1177,31 @@ def test_gal_search_and_resolve_recipients_with_free_busy(eas, users):
         assert exact.find("Recipient").find("Certificates").text_of("Status") == "7"
         assert ambiguous.text_of("Status") == "2" and int(ambiguous.text_of("RecipientCount")) >= 2
         assert unknown.text_of("Status") == "4" and unknown.text_of("RecipientCount") == "0"
+
+
+def test_a_hanging_sync_waits_for_new_mail(eas, users, dovecot, certs):
+    import threading
+    m = _imap(dovecot, certs, TABLET, users)
+    with _client(eas, users, TABLET) as c:
+        inbox, key, _ = _synced_inbox(c)
+
+        def hanging(extra: list[Element]) -> requests.Response:
+            body = wbxml.encode(Element("AirSync", "Sync", [Element("AirSync", "Collections", [
+                Element("AirSync", "Collection", [Element("AirSync", "SyncKey", text=key),
+                                                  Element("AirSync", "CollectionId", text=inbox.id)])]), *extra]))
+            return _post(eas, TABLET, users, "Sync", body, policy_key=c._transport.policy_key,
+                         device=c._transport.device_id)
+        subject = "hanging " + uuid.uuid4().hex[:6]
+        timer = threading.Timer(1.0, lambda: _append(m, subject))
+        timer.start()
+        t0 = time.monotonic()
+        r = hanging([Element("AirSync", "HeartbeatInterval", text="30")])
+        timer.join()
+        assert time.monotonic() - t0 < 10
+        collection = wbxml.decode(r.content).find("Collections").find("Collection")
+        adds = collection.find("Commands").findall("Add")
+        assert [a.find("ApplicationData").text_of("Subject", "Email") for a in adds] == [subject]
+        # Out of bounds: Status 14 and the limit (Wait counts minutes: 3540 s is 59).
+        doc = wbxml.decode(hanging([Element("AirSync", "Wait", text="100")]).content)
+        assert doc.text_of("Status") == "14" and doc.text_of("Limit") == "59"
+    m.logout()

@@ -13,7 +13,9 @@ flag, move a message that may already have moved).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from adapters.errors import BackendError, NotFound
 
@@ -31,7 +33,7 @@ KEEP_STATES = 3
 DEFAULT_WINDOW = 100
 # Sync status codes (MS-ASCMD 2.2.3.177.17).
 OK, PROTOCOL_ERROR, INVALID_KEY, SERVER_ERROR, CONVERSION_ERROR, CONFLICT, NOT_FOUND = 1, 4, 3, 5, 6, 7, 8
-FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY = 12, 13
+FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY, INVALID_HEARTBEAT = 12, 13, 14
 # FilterType -> days back (MS-ASCMD 2.2.3.70.1); 0 and 8 (incomplete tasks) mean no limit for mail.
 FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
 
@@ -72,15 +74,61 @@ async def run(call: EasCall) -> Element | None:
     if collections is None or not collections.findall("Collection"):
         raise EasError(BAD_REQUEST_EMPTY, "Sync without collections")
     default_window = _int(body, "WindowSize", DEFAULT_WINDOW, 1, 512)
-    out = []
-    changed_anything = False
-    for collection in collections.findall("Collection"):
-        element, changed = await _collection(call, collection, default_window)
-        out.append(element)
-        changed_anything |= changed
+    hold = _hold_seconds(call, body)
+    if isinstance(hold, Element):
+        return hold
+    deadline = time.monotonic() + (hold or 0)
+    while True:
+        out = []
+        changed_anything = False
+        for collection in collections.findall("Collection"):
+            element, changed = await _collection(call, collection, default_window)
+            out.append(element)
+            changed_anything |= changed
+        remaining = deadline - time.monotonic()
+        if changed_anything or not hold or remaining <= 0:
+            break
+        # A hanging Sync (Wait / HeartbeatInterval): nothing to say yet, so wait on the push hub like a Ping,
+        # then look again.
+        await _wait_for_change(call, collections, remaining)
     if not changed_anything and call.version_tuple >= (14, 0):
         return None  # 14.0+: an empty response says that no collection has changed
     return Element(NS, "Sync", [Element(NS, "Collections", out)])
+
+
+def _hold_seconds(call: EasCall, body: Element) -> float | Element | None:
+    """How long a Sync may wait for changes (Wait in minutes, or HeartbeatInterval in seconds), None for not
+    at all; out of bounds, the Status 14 answer with the Limit (MS-ASCMD 2.2.3.90)."""
+    cfg = call.ctx.config.activesync
+    wait, heartbeat = body.text_of("Wait"), body.text_of("HeartbeatInterval")
+    if wait is None and heartbeat is None:
+        return None
+    if wait is not None and heartbeat is not None:
+        raise EasError(PROTOCOL_ERROR, "Wait and HeartbeatInterval together")
+    seconds = int(wait) * 60 if wait is not None and wait.isdigit() else \
+        int(heartbeat) if heartbeat is not None and heartbeat.isdigit() else -1
+    if seconds < 0:
+        raise EasError(PROTOCOL_ERROR, "Wait or HeartbeatInterval is not a number")
+    low, high = cfg.ping_min_heartbeat, cfg.ping_max_heartbeat
+    if not low <= seconds <= high:
+        bound = low if seconds < low else high
+        limit = str(bound // 60 if wait is not None else bound)
+        return Element(NS, "Sync", [Element(NS, "Status", text=str(INVALID_HEARTBEAT)),
+                                    Element(NS, "Limit", text=limit)])
+    return float(seconds)
+
+
+async def _wait_for_change(call: EasCall, collections: Element, seconds: float) -> None:
+    names = set()
+    for collection in collections.findall("Collection"):
+        if (name := await call.services.folders.name_of(call.user.address, collection.text_of("CollectionId") or "")):
+            names.add(name)
+    backend = call.ctx.directory.route(call.user, "imap") or ""
+    async with call.services.push.waiting(call.user, backend, call.creds, call.client_ip, names) as queue:
+        try:
+            await asyncio.wait_for(queue.get(), min(seconds, call.ctx.config.activesync.ping_check_interval))
+        except asyncio.TimeoutError:
+            pass
 
 
 async def _collection(call: EasCall, collection: Element, default_window: int) -> tuple[Element, bool]:
