@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway import tls
 from gateway.demo.procs import free_port, stop_process
 
-from .gateway_env import HOST, casgate_command
+from .gateway_env import HOST, casgate_command, config_text
 from .harness import ROOT, BenchError, Options, Progress, log_tail, pinned, spawn, wait_http_ok
 from .https_front import loop_of
 
@@ -53,34 +53,6 @@ INTRO = (
     "CPU is what bench_eas.py reads from /proc for the process trees serving the sync: sogod, Dovecot, nginx, "
     "PostgreSQL and memcached for SOGo; casgate and Dovecot for casgate. Target (issue 6): initial sync at "
     "least {target:.0f}x SOGo's items/s.")
-
-GATEWAY_CONFIG = """# Written by bench/eas_peer.py: casgate in front of the SOGo peer's Dovecot.
-[server]
-listen = "{host}"
-https_port = {https}
-imap_port = 0
-imaps_port = 0
-pop3_port = 0
-pop3s_port = 0
-shutdown_grace = 1.0
-[tls]
-cert = "{cert}"
-key = "{key}"
-[state]
-backend = "sqlite"
-path = "state.db"
-[directory]
-users_file = "users.toml"
-[log]
-level = "info"
-format = "json"
-[backends.peer]
-type = "imap"
-url = "imap://127.0.0.1:{imap}"
-tls = "none"
-[domains."example.test"]
-imap = "peer"
-"""
 
 
 def _script(progress: Progress, what: str, cmd: list[str], log: Path, timeout: float,
@@ -158,8 +130,9 @@ def _start_casgate(stack: ExitStack, work: Path, opts: Options,
     progress.show(f"eas_peer: starting casgate in front of the peer's Dovecot, on CPU {opts.server_cpu}")
     certs, _ = tls.init_certs(work / "certs", "example.test")
     port = free_port(HOST)
-    (work / "casgate.toml").write_text(GATEWAY_CONFIG.format(
-        host=HOST, https=port, cert=certs.cert, key=certs.key, imap=IMAP_PORT))
+    ports = {"https": port, "imap": 0, "imaps": 0, "pop3": 0, "pop3s": 0}
+    (work / "casgate.toml").write_text(config_text(ports, certs, 0, imap_url=f"imap://127.0.0.1:{IMAP_PORT}",
+                                                   imap_tls="none"))
     (work / "users.toml").write_text('[[user]]\naddress = "alice@example.test"\nname = "Alice Example"\n'
                                      '[[user]]\naddress = "bob@example.test"\nname = "Bob Example"\n')
     log = work / "casgate.log"

@@ -29,12 +29,14 @@ def casgate_command() -> list[str]:
 
 
 def config_text(ports: dict[str, int], certs: tls.CertPaths, dovecot_imaps_port: int, *, tables: str = "",
-                backends: str = "", routes: str = "") -> str:
+                backends: str = "", routes: str = "", imap_url: str = "", imap_tls: str = "auto") -> str:
     """casgate.toml for a benchmark: the bench Dovecot as IMAP back end, production defaults otherwise.
 
     ``tables`` (e.g. [availability]) and ``backends`` ([backends.*]) are inserted as they are;
-    ``routes`` adds lines to the domain's table (e.g. ``caldav = "radicale"``).
+    ``routes`` adds lines to the domain's table (e.g. ``caldav = "radicale"``); ``imap_url`` and
+    ``imap_tls`` put another IMAP server (a peer's Dovecot) in the bench Dovecot's place.
     """
+    imap_url = imap_url or f"imaps://{HOST}:{dovecot_imaps_port}"
     return f"""# Written by bench/ for one benchmark run.
 [server]
 listen = "{HOST}"
@@ -63,7 +65,8 @@ format = "json"
 {tables}
 [backends.dovecot]
 type = "imap"
-url = "imaps://{HOST}:{dovecot_imaps_port}"
+url = "{imap_url}"
+tls = "{imap_tls}"
 {backends}
 [domains."{DOMAIN}"]
 imap = "dovecot"

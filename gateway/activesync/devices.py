@@ -12,6 +12,7 @@ from adapters.interfaces import UserRecord
 from ..config import DeviceRule
 from ..state import Device, DeviceStatus, StateStore
 from .request import EasRequest
+from .wbxml import Element
 
 #: Seconds by which a partnership's recorded last sync may lag behind the truth.
 LAST_SYNC_GRAIN = 60.0
@@ -19,6 +20,21 @@ LAST_SYNC_GRAIN = 60.0
 BLOCKED, REMOTE_WIPE, NOT_PROVISIONED, POLICY_REFRESH, INVALID_POLICY_KEY = 129, 140, 142, 143, 144
 # The statuses access rules decide; a wipe in progress or done is never undone by a rule.
 _RULED = (DeviceStatus.ALLOWED, DeviceStatus.BLOCKED, DeviceStatus.QUARANTINED)
+
+
+#: Settings:DeviceInformation fields (sent with Provision or Settings) and the names they are kept under.
+DEVICE_INFO_FIELDS = {"Model": "model", "OS": "os", "IMEI": "imei", "FriendlyName": "friendly_name",
+                      "OSLanguage": "os_language", "PhoneNumber": "phone_number", "UserAgent": "user_agent",
+                      "MobileOperator": "mobile_operator", "EnableOutboundSMS": "outbound_sms"}
+
+
+def with_information(device: Device, information: Element) -> Device:
+    """The partnership with what a Settings:DeviceInformation element says of the device."""
+    fields = information.find("Set", "Settings")
+    values = {DEVICE_INFO_FIELDS[c.name]: (c.text or "")[:200] for c in (fields.children if fields else [])
+              if c.ns == "Settings" and c.name in DEVICE_INFO_FIELDS}
+    return dataclasses.replace(device, model=values.get("model", device.model), os=values.get("os", device.os),
+                               info={**device.info, **values})
 
 
 def provisioning_status(device: Device, policy_key: int | None, policy_digest: str = "") -> int | None:

@@ -21,7 +21,7 @@ from ..http.app import CTX
 from ..http.basic_auth import authenticate, client_ip
 from ..http.body import read_limited
 from . import wbxml
-from .commands import COMMANDS, EasCall, EasError, EasServices, root_of
+from .commands import COMMANDS, EasCall, EasError, EasServices, root_of, version_tuple
 from .devices import DeviceRegistry, provisioning_status
 from .request import RequestError, parse_request
 
@@ -111,7 +111,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if raw is None:
         return _text(413, f"the request is larger than {cfg.max_request_bytes} bytes")
     body = None
-    wbxml_body = command.wbxml_body if command.wbxml_body is not None else _at_least(req.version, (14, 0))
+    wbxml_body = command.wbxml_body if command.wbxml_body is not None else version_tuple(req.version) >= (14, 0)
     if raw and wbxml_body:
         try:
             body = wbxml.decode(raw)
@@ -128,14 +128,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
         call = EasCall(services, req, user, creds, device, req.version, body, raw, client_ip(request))
         if refused is not None:
             result = f"refused-{refused[0]}"
-            return _status_or_http(call, *refused)
+            return _status_or_http(request, call, *refused)
         answer = await command.run(call)
     except EasError as exc:
         result = f"status-{exc.status}"
         if exc.http_status:
             return _text(exc.http_status, exc.message)
-        return _reply(request, wbxml.Element(*root_of(req.command), [wbxml.Element(
-            root_of(req.command)[0], "Status", text=str(exc.status))]))
+        return _status_reply(request, req.command, exc.status)
     except AuthenticationFailed:
         result = "auth"
         return _text(401, "the mail store refused the credentials", **{
@@ -157,11 +156,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return _reply(request, answer)
 
 
-def _at_least(version: str, wanted: tuple[int, int]) -> bool:
-    major, _, minor = version.partition(".")
-    return (int(major), int(minor or 0)) >= wanted
-
-
 def _refusal(device, policy_key: int | None, check_policy: bool, digest: str) -> tuple[int, int] | None:
     """(EAS status, pre-14 HTTP status) refusing this request, or None."""
     blocked = DeviceRegistry.access(device)
@@ -172,16 +166,18 @@ def _refusal(device, policy_key: int | None, check_policy: bool, digest: str) ->
     return None
 
 
-def _status_or_http(call: EasCall, status: int, http_status: int) -> web.Response:
+def _status_or_http(request: web.Request, call: EasCall, status: int, http_status: int) -> web.Response:
     """Before 14.0 a device learns it must provision (or is blocked) from an HTTP status; from 14.0 on from a
     Status in the command's own response (MS-ASHTTP 3.2.5.1, MS-ASCMD 2.2.2)."""
     if call.version_tuple < (14, 0):
         return _text(http_status, "provisioning is required" if http_status == 449 else "device not allowed")
-    ns, name = root_of(call.request.command)
-    element = wbxml.Element(ns, name, [wbxml.Element(ns, "Status", text=str(status))])
-    data = wbxml.encode(element)
-    return web.Response(status=200, body=data, headers={"Content-Type": WBXML_TYPE, "Cache-Control": "private",
-                                                        "MS-Server-ActiveSync": SERVER_VERSION})
+    return _status_reply(request, call.request.command, status)
+
+
+def _status_reply(request: web.Request, command: str, status: int) -> web.Response:
+    """The command's own response element holding just a Status."""
+    ns, name = root_of(command)
+    return _reply(request, wbxml.Element(ns, name, [wbxml.Element(ns, "Status", text=str(status))]))
 
 
 def _reply(request: web.Request, element: wbxml.Element) -> web.Response:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from adapters.interfaces import Credentials, UserRecord
 
@@ -66,12 +65,10 @@ class EasCall:
     body: Element | None
     raw: bytes
     client_ip: str
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def version_tuple(self) -> tuple[int, int]:
-        major, _, minor = self.version.partition(".")
-        return int(major), int(minor or 0)
+        return version_tuple(self.version)
 
     @property
     def ctx(self) -> GatewayContext:
@@ -81,6 +78,12 @@ class EasCall:
         """The user's mail store, logged in (kept open between requests)."""
         backend = self.ctx.directory.route(self.user, "imap")
         return self.services.mail.store(self.user, backend, self.creds, self.client_ip)
+
+
+def version_tuple(version: str) -> tuple[int, int]:
+    """"14.1" as (14, 1), for comparing protocol versions."""
+    major, _, minor = version.partition(".")
+    return int(major), int(minor or 0)
 
 
 def instant(text: str | None, status: int) -> dt.datetime | None:

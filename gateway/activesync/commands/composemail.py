@@ -17,9 +17,9 @@ from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailab
 
 from ..compose import ComposeError, Outgoing, compose
 from ..folders import SENT, folder_types
+from ..items import fetch_one, uid_of
 from ..wbxml import Element
 from . import EasCall, EasError
-from .sync import uid_of
 
 log = logging.getLogger("casgate.activesync")
 NS = "ComposeMail"
@@ -78,11 +78,11 @@ async def _run(call: EasCall, command: str, mode: str) -> Element | None:
     if mode != "send" and not replace:
         original_folder = await call.services.folders.name_of(call.user.address, folder_id or "")
         original_uid = uid_of(item_id or "", folder_id or "")
-        fetched = await store.fetch_messages(original_folder, [original_uid]) \
-            if original_folder is not None and original_uid is not None else []
-        if not fetched:
+        fetched = await fetch_one(store, original_folder, original_uid) \
+            if original_folder is not None and original_uid is not None else None
+        if fetched is None:
             raise _status(call, command, ITEM_NOT_FOUND, "the original message is gone")
-        original = fetched[0][1]
+        original = fetched[1]
     try:
         outgoing = compose(mime, user_address=call.user.address, display_name=call.user.display_name, mode=mode,
                            original=original, replace_mime=replace or mode == "send",

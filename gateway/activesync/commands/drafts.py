@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.policy
 from email.message import EmailMessage
 
+from ...services.mailsync import flag_bits
 from ..compose import ComposeError, compose
 from ..folders import DRAFTS, folder_types
 from ..wbxml import Element
@@ -78,7 +79,7 @@ def _response(client_id: str, status: int, server_id: str | None = None) -> Elem
 
 
 async def add(call: EasCall, store, folder: str, collection_id: str, command: Element,
-              known: dict[int, int], bits_of) -> Element:
+              known: dict[int, int]) -> Element:
     """Answer one Sync Add in a mail folder: a draft in Drafts from 16.0 on, Status 6 anywhere else."""
     client_id = (command.text_of("ClientId") or "")[:64]
     data = command.find("ApplicationData")
@@ -100,7 +101,7 @@ async def add(call: EasCall, store, folder: str, collection_id: str, command: El
         return _response(client_id, SERVER_ERROR)
     server_id = f"{collection_id}:{uid}"
     await state.kv_set(_ADDS, key, server_id.encode(), ttl=_ADD_TTL)
-    known[uid] = bits_of(flags)
+    known[uid] = flag_bits(flags)
     if data.find("Send", "Email2") is not None:
         await send_draft(call, store, folder, uid, mime)
     return _response(client_id, OK, server_id)

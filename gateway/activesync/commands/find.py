@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 
-from ..email_item import BodyOptions, BodyPreference, ItemError, email_application_data
+from ..email_item import BodyOptions, BodyPreference, ItemError
+from ..items import application_data, fetch_one, server_id
 from ..wbxml import Element
 from . import EasCall, EasError
 from .search import mailbox_hits
-from .sync import internal_date, server_id
 
 NS = "Find"
 # Find status (MS-ASCMD 2.2.3.177.5).
@@ -61,12 +61,11 @@ async def run(call: EasCall) -> Element:
         return _answer(FOLDER_NOT_FOUND if exc.status == 2 and collection_id else INVALID)
     results = []
     for summary, folder_id, folder in hits[low:high + 1]:
-        fetched = await store.fetch_messages(folder, [summary.uid])
-        if not fetched:
+        fetched = await fetch_one(store, folder, summary.uid)
+        if fetched is None:
             continue
         try:
-            data = email_application_data(fetched[0][1], version="16.1", options=_PREVIEW, flags=summary.flags,
-                                          internal_date=internal_date(summary))
+            data = application_data(*fetched, folder_id, "16.1", _PREVIEW)
         except ItemError:
             continue
         properties = [c for c in data.children if (c.ns, c.name) in _SHOWN]

@@ -44,6 +44,11 @@ async def _commit(call: EasCall, key: str, known: dict[str, list]) -> str:
     return new_key
 
 
+def _delimiter(folders) -> str:
+    """The IMAP server's hierarchy delimiter, as its folder list shows it."""
+    return next((f.delimiter for f in folders if f.delimiter), "/")
+
+
 def _status(command: str, status: int) -> Element:
     return Element(NS, command, [Element(NS, "Status", text=str(status))])
 
@@ -69,7 +74,7 @@ async def create(call: EasCall) -> Element:
         # Calendar, contact, task and note folders live on the DAV server: not offered here yet.
         return _status("FolderCreate", SERVER_ERROR)
     store = await call.mailbox()
-    delimiter = next((f.delimiter for f in await store.list_folders() if f.delimiter), "/")
+    delimiter = _delimiter(await store.list_folders())
     name = await _imap_name(call, parent_id, display, delimiter)
     if name is None:
         return _status("FolderCreate", PARENT_NOT_FOUND)
@@ -104,7 +109,7 @@ async def update(call: EasCall) -> Element:
     if entry[2] not in _MAIL_TYPES:
         return _status("FolderUpdate", SPECIAL)
     store = await call.mailbox()
-    delimiter = next((f.delimiter for f in await store.list_folders() if f.delimiter), "/")
+    delimiter = _delimiter(await store.list_folders())
     new = await _imap_name(call, parent_id, display, delimiter)
     if new is None:
         return _status("FolderUpdate", PARENT_NOT_FOUND)
@@ -132,7 +137,7 @@ async def delete(call: EasCall) -> Element:
         return _status("FolderDelete", SPECIAL)
     store = await call.mailbox()
     folders = await store.list_folders()
-    delimiter = next((f.delimiter for f in folders if f.delimiter), "/")
+    delimiter = _delimiter(folders)
     # A folder goes with its subfolders, deepest first (IMAP refuses to delete a folder that has children).
     doomed = sorted((f.name for f in folders if f.name.startswith(name + delimiter)), key=len, reverse=True)
     ids = await call.services.folders.assign(call.user.address, [f.name for f in folders])

@@ -17,10 +17,10 @@ from aiohttp import web
 
 from adapters.errors import BackendError, NotFound
 
-from ..email_item import ItemError, attachment_content, email_application_data, parse_options
+from ..email_item import ItemError, attachment_content, parse_options
+from ..items import application_data, fetch_one, uid_of
 from ..wbxml import Element, encode
 from . import EasCall, EasError
-from .sync import internal_date, uid_of
 
 log = logging.getLogger("casgate.activesync")
 NS = "ItemOperations"
@@ -104,18 +104,11 @@ async def _fetch(call: EasCall, fetch: Element, parts: _Parts) -> Element:
         options = parse_options(fetch.find("Options"), call.version)
     except ItemError as exc:
         raise EasError(PROTOCOL_ERROR, str(exc)) from None
-    store = await call.mailbox()
-    try:
-        fetched = await store.fetch_messages(folder, [uid])
-    except (NotFound, BackendError):
-        fetched = []
-    if not fetched:
+    fetched = await fetch_one(await call.mailbox(), folder, uid)
+    if fetched is None:
         return _status("Fetch", NOT_FOUND, *ids)
-    summary, raw = fetched[0]
     try:
-        data = email_application_data(raw, version=call.version, options=options, flags=summary.flags,
-                                      internal_date=internal_date(summary),
-                                      file_reference=lambda part: f"{collection_id}:{uid}:{part}")
+        data = application_data(*fetched, collection_id, call.version, options)
     except ItemError:
         return _status("Fetch", CONVERSION_ERROR, *ids)
     return Element(NS, "Fetch", [Element(NS, "Status", text=str(OK)), *ids, Element("AirSync", "Class", text="Email"),
@@ -129,15 +122,11 @@ async def _attachment(call: EasCall, reference: str, parts: _Parts) -> Element:
     folder = await call.services.folders.name_of(call.user.address, collection_id) if collection_id else None
     if folder is None or not uid_text.isdigit() or not part or len(uid_text) > 10:
         return _status("Fetch", BAD_ATTACHMENT, *ids)
-    store = await call.mailbox()
-    try:
-        fetched = await store.fetch_messages(folder, [int(uid_text)])
-    except (NotFound, BackendError):
-        fetched = []
-    if not fetched:
+    fetched = await fetch_one(await call.mailbox(), folder, int(uid_text))
+    if fetched is None:
         return _status("Fetch", BAD_ATTACHMENT, *ids)
     try:
-        content_type, _, data = attachment_content(fetched[0][1], part)
+        content_type, _, data = attachment_content(fetched[1], part)
     except ItemError:
         return _status("Fetch", BAD_ATTACHMENT, *ids)
     if parts.enabled:

@@ -11,7 +11,8 @@ from adapters.errors import BackendError, NotFound
 
 from ..wbxml import Element
 from . import EasCall, EasError
-from .sync import note_move, server_id, uid_of
+from ..items import server_id, uid_of
+from .sync import note_move
 
 NS = "Move"
 # MoveItems status (MS-ASCMD 2.2.3.177.10).

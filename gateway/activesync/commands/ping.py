@@ -15,7 +15,7 @@ import json
 import time
 
 from ..wbxml import Element
-from . import EasCall, EasError
+from . import EasCall
 from .foldersync import known_folders
 from ...services.mailsync import FolderState
 
@@ -107,5 +107,3 @@ async def _changed(call: EasCall, folders: list[str], known: dict[str, list]) ->
             out.append(folder_id)
     return out
 
-
-__all__ = ["run", "EasError"]

@@ -13,6 +13,7 @@ import logging
 import secrets
 
 from ...state import DeviceStatus
+from ..devices import with_information
 from ..policy import provision_doc, wap_provisioning_xml
 from ..wbxml import Element
 from . import EasCall, EasError
@@ -23,11 +24,6 @@ EAS_POLICY, WAP_POLICY = "MS-EAS-Provisioning-WBXML", "MS-WAP-Provisioning-XML"
 # Provision status (MS-ASPROV 2.2.2.54.1) and Policy status (2.2.2.54.2).
 OK, PROTOCOL_ERROR, SERVER_ERROR = 1, 2, 3
 POLICY_OK, POLICY_NONE, POLICY_UNKNOWN_TYPE, POLICY_CORRUPT, POLICY_WRONG_KEY = 1, 2, 3, 4, 5
-DEVICE_INFO_FIELDS = {"Model": "model", "OS": "os", "IMEI": "imei", "FriendlyName": "friendly_name",
-                      "OSLanguage": "os_language", "PhoneNumber": "phone_number", "UserAgent": "user_agent",
-                      "MobileOperator": "mobile_operator", "EnableOutboundSMS": "outbound_sms"}
-
-
 def _new_key() -> int:
     return secrets.randbelow(2**32 - 2) + 1  # a non-zero 32-bit key: 0 means "none"
 
@@ -45,12 +41,7 @@ async def run(call: EasCall) -> Element:
     out: list[Element] = []
     info = body.find("DeviceInformation", "Settings")
     if info is not None:
-        fields = info.find("Set", "Settings")
-        values = {DEVICE_INFO_FIELDS[c.name]: (c.text or "")[:200] for c in (fields.children if fields else [])
-                  if c.ns == "Settings" and c.name in DEVICE_INFO_FIELDS}
-        device = dataclasses.replace(device, model=values.get("model", device.model),
-                                     os=values.get("os", device.os), info={**device.info, **values})
-        device = await devices.save(device)
+        device = await devices.save(with_information(device, info))
         out.append(_settings_status())
 
     for wipe_tag in ("RemoteWipe", "AccountOnlyRemoteWipe"):

@@ -14,10 +14,11 @@ import re
 from adapters.errors import BackendError
 from adapters.interfaces import MessageSummary
 
-from ..email_item import ItemError, email_application_data, parse_options
+from ..email_item import ItemError, parse_options
+from ..items import application_data, fetch_one, server_id
 from ..wbxml import Element
 from . import EasCall, EasError, instant
-from .sync import internal_date, server_id
+from ...services.mailsync import internal_date
 
 NS = "Search"
 # Search status (MS-ASCMD 2.2.3.177.14).
@@ -133,14 +134,12 @@ async def run(call: EasCall) -> Element:
     page = hits[low:high + 1]
     results = []
     for summary, target_id, folder in page:
-        fetched = await store.fetch_messages(folder, [summary.uid])
-        if not fetched:
+        fetched = await fetch_one(store, folder, summary.uid)
+        if fetched is None:
             continue
         item_id = server_id(target_id, summary.uid)
         try:
-            data = email_application_data(fetched[0][1], version=call.version, options=body_options,
-                                          flags=fetched[0][0].flags, internal_date=internal_date(fetched[0][0]),
-                                          file_reference=lambda part, item_id=item_id: f"{item_id}:{part}")
+            data = application_data(*fetched, target_id, call.version, body_options)
         except ItemError:
             continue
         results.append(Element(NS, "Result", [

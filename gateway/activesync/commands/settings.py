@@ -9,9 +9,9 @@ import logging
 
 from adapters.errors import AuthenticationFailed, BackendUnavailable, InvalidData, PermissionDenied, QuotaExceeded
 
+from ..devices import with_information
 from ..wbxml import Element
 from . import EasCall, EasError, instant
-from .provision import DEVICE_INFO_FIELDS
 
 log = logging.getLogger("casgate.activesync")
 NS = "Settings"
@@ -55,13 +55,7 @@ async def run(call: EasCall) -> Element:
 
 
 async def _device_information(call: EasCall, part: Element) -> Element:
-    fields = part.find("Set")
-    values = {DEVICE_INFO_FIELDS[c.name]: (c.text or "")[:200] for c in (fields.children if fields else [])
-              if c.name in DEVICE_INFO_FIELDS}
-    device = call.device
-    await call.services.devices.save(dataclasses.replace(
-        device, model=values.get("model", device.model), os=values.get("os", device.os),
-        info={**device.info, **values}))
+    await call.services.devices.save(with_information(call.device, part))
     return _status("DeviceInformation", OK)
 
 

@@ -17,13 +17,14 @@ import asyncio
 import logging
 import time
 
-from adapters.errors import BackendError, NotFound
+from adapters.errors import NotFound
 
-from ...services.mailsync import (FLAGGED, READ, FolderState, categories, category_keyword, diff, flag_bits,
-                                  internal_date, look, marks, rebase, start)
-from ..email_item import BodyOptions, ItemError, email_application_data, parse_options
+from ...services.mailsync import (FLAGGED, READ, FolderState, categories, category_keyword, diff, flag_bits, look,
+                                  marks, rebase, start)
+from ..email_item import BodyOptions, ItemError, parse_options
 from ..flagnotes import FlagNotes, plain_flag
 from ..folders import DELETED, first_key, folder_types, next_key, valid_key
+from ..items import application_data, fetch_one, server_id, uid_of
 from ..wbxml import Element
 from . import EasCall, EasError
 
@@ -36,15 +37,6 @@ OK, PROTOCOL_ERROR, INVALID_KEY, SERVER_ERROR, CONVERSION_ERROR, CONFLICT, NOT_F
 FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY, INVALID_HEARTBEAT = 12, 13, 14
 # FilterType -> days back (MS-ASCMD 2.2.3.70.1); 0 and 8 (incomplete tasks) mean no limit for mail.
 FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
-
-
-def server_id(folder_id: str, uid: int) -> str:
-    return f"{folder_id}:{uid}"
-
-
-def uid_of(server_id: str, folder_id: str) -> int | None:
-    head, _, tail = server_id.rpartition(":")
-    return int(tail) if head == folder_id and tail.isdigit() and len(tail) < 11 else None
 
 
 def _collection_status(collection_id: str, status: int, key: str | None, klass: str | None) -> Element:
@@ -204,16 +196,14 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
         return _collection_status(collection_id, OK, key, klass), False
     new_key = next_key(key)
     await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
-    children = [Element(NS, "Class", text=klass)] if klass else []
-    children += [Element(NS, "SyncKey", text=new_key), Element(NS, "CollectionId", text=collection_id),
-                 Element(NS, "Status", text=str(OK))]
+    answer = _collection_status(collection_id, OK, new_key, klass)
     if more:
-        children.append(Element(NS, "MoreAvailable"))
+        answer.children.append(Element(NS, "MoreAvailable"))
     if items:
-        children.append(Element(NS, "Commands", items))
+        answer.children.append(Element(NS, "Commands", items))
     if responses:
-        children.append(Element(NS, "Responses", responses))
-    return Element(NS, "Collection", children), True  # a new key must reach the device
+        answer.children.append(Element(NS, "Responses", responses))
+    return answer, True  # a new key must reach the device
 
 
 async def note_move(call: EasCall, source_id: str, uid: int, dest_id: str, new_uid: int,
@@ -257,10 +247,7 @@ async def _server_changes(call: EasCall, store, folder: str, collection_id: str,
         sent = set()
         for summary, raw in sorted(fetched, key=lambda item: -item[0].uid):
             try:
-                data = email_application_data(
-                    raw, version=call.version, options=options, flags=summary.flags,
-                    internal_date=internal_date(summary),
-                    file_reference=lambda part, uid=summary.uid: f"{collection_id}:{uid}:{part}")
+                data = application_data(summary, raw, collection_id, call.version, options)
             except ItemError as exc:
                 log.warning("message not convertible", extra={"event": "eas-item", "user": call.user.address,
                                                                "uid": summary.uid, "error": str(exc)[:200]})
@@ -350,7 +337,7 @@ async def _client_commands(call: EasCall, store, folder: str, collection_id: str
         elif command.name == "Add":
             from .drafts import add
             before = set(state.known)
-            responses.append(await add(call, store, folder, collection_id, command, state.known, flag_bits))
+            responses.append(await add(call, store, folder, collection_id, command, state.known))
             for uid in set(state.known) - before:
                 current[uid] = state.known[uid]
         else:
@@ -404,19 +391,11 @@ async def _trash(call: EasCall, store, folder: str) -> str:
 
 async def _fetch(call: EasCall, store, folder: str, collection_id: str, server_id: str, uid: int | None,
                  options: BodyOptions) -> Element:
-    if uid is None:
+    fetched = await fetch_one(store, folder, uid) if uid is not None else None
+    if fetched is None:
         return _response("Fetch", server_id, NOT_FOUND)
     try:
-        fetched = await store.fetch_messages(folder, [uid])
-    except (NotFound, BackendError):
-        fetched = []
-    if not fetched:
-        return _response("Fetch", server_id, NOT_FOUND)
-    summary, raw = fetched[0]
-    try:
-        data = email_application_data(raw, version=call.version, options=options, flags=summary.flags,
-                                      internal_date=internal_date(summary),
-                                      file_reference=lambda part: f"{collection_id}:{uid}:{part}")
+        data = application_data(*fetched, collection_id, call.version, options)
     except ItemError:
         return _response("Fetch", server_id, CONVERSION_ERROR)
     return Element(NS, "Fetch", [Element(NS, "ServerId", text=server_id), Element(NS, "Status", text=str(OK)),
