@@ -349,3 +349,66 @@ async def test_time_range_query_returns_the_servers_text_unparsed(alice_cal, mon
     found = await store.events_between(url, when(2025, 1, 10), when(2025, 1, 11))
     assert [(o.href, o.etag) for o in found] == [(put.href, put.etag)]
     assert "BEGIN:VCALENDAR" in found[0].ical and "SUMMARY:Dentist" in found[0].ical
+
+
+async def test_etags_multiget_and_conditional_writes_on_a_calendar(alice_cal):
+    store, url = alice_cal
+    assert await store.object_etags(url) == {}
+    one = await store.put_event(url, SINGLE)
+    two = await store.put_event(url, ALL_DAY)
+    tags = await store.object_etags(url)
+    assert tags == {one.href: one.etag, two.href: two.etag}
+    fetched = await store.fetch_objects(url, [two.href, one.href, url + "missing.ics"])
+    assert [o.href for o in fetched] == [two.href, one.href]
+    assert "Holiday" in fetched[0].ical and fetched[0].etag == two.etag
+
+    changed = SINGLE.replace("Dentist", "Dentist (moved)")
+    new_tag = await store.replace_object(one.href, changed, one.etag)
+    assert new_tag and new_tag != one.etag
+    with pytest.raises(Conflict):  # the version we saw is no longer there
+        await store.replace_object(one.href, SINGLE, one.etag)
+    assert "moved" in (await store.fetch_objects(url, [one.href]))[0].ical
+    with pytest.raises(Conflict):  # If-None-Match: * on an existing object
+        await store.replace_object(one.href, SINGLE, None)
+    with pytest.raises(Conflict):
+        await store.delete_object(one.href, one.etag)
+    await store.delete_object(one.href, new_tag)
+    await store.delete_object(one.href, new_tag)  # already gone: fine
+    with pytest.raises(NotFound):
+        await store.replace_object(one.href, SINGLE, new_tag)
+    assert set(await store.object_etags(url)) == {two.href}
+    created = await store.replace_object(url + "fresh.ics", SINGLE.replace("single-1", "fresh-1"), None)
+    assert (await store.object_etags(url))[url + "fresh.ics"] == created
+
+
+async def test_calendars_report_their_component_types(make_calendars):
+    store = await make_calendars("alice@example.test")
+    calendars = await store.list_calendars()
+    assert all(set(c.components) <= {"VEVENT", "VTODO", "VJOURNAL"} for c in calendars)
+    assert any("VEVENT" in c.components or not c.components for c in calendars)
+
+
+async def test_etags_and_conditional_writes_on_an_address_book(make_contacts):
+    store = await make_contacts("alice@example.test")
+    book = (await store.create_address_book("Sync scratch")).url
+    card = await store.put_contact(book, VCARD.replace("contact-bob", "sync-bob"))
+    assert await store.object_etags(book) == {card.href: card.etag}
+    [got] = await store.fetch_objects(book, [card.href])
+    assert "Bob Builder" in got.vcard and got.etag == card.etag
+    tag = await store.replace_object(card.href, got.vcard.replace("Bob Builder", "Robert Builder"), card.etag)
+    with pytest.raises(Conflict):
+        await store.replace_object(card.href, got.vcard, card.etag)
+    await store.delete_object(card.href, tag)
+    assert await store.object_etags(book) == {}
+
+
+async def test_etags_of_one_component_type(alice_cal):
+    store, url = alice_cal
+    event = await store.put_event(url, SINGLE.replace("single-1", "typed-event"))
+    todo = await store.put_event(url, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\n"
+                                      "UID:typed-todo\r\nDTSTAMP:20250101T000000Z\r\nSUMMARY:Do it\r\n"
+                                      "END:VTODO\r\nEND:VCALENDAR\r\n")
+    assert set(await store.object_etags(url, "VTODO")) == {todo.href}
+    assert event.href in await store.object_etags(url, "VEVENT")
+    assert todo.href not in await store.object_etags(url, "VEVENT")
+    assert {event.href, todo.href} <= set(await store.object_etags(url))

@@ -16,6 +16,7 @@ from caldav.collection import CalendarSet
 from adapters.errors import InvalidData
 from adapters.interfaces import CalendarInfo, CalendarObject, Credentials
 
+from . import objects
 from .common import CALDAV, DAV, DavConnection, check, check_put, parse_xml
 
 DEFAULT_CALENDAR = "Calendar"
@@ -110,7 +111,7 @@ class CalDavCalendarStore:
 
     def _calendars_at(self, home_url: str) -> list[CalendarInfo]:
         found = self._conn.collections(self._conn.absolute(home_url), f"{CALDAV}calendar", "list calendars")
-        return [CalendarInfo(url=url, name=name, ctag=tag) for url, name, tag in found]
+        return [CalendarInfo(url=url, name=name, ctag=tag, components=kinds) for url, name, tag, kinds in found]
 
     def _create(self, name: str, cal_id: str | None = None) -> CalendarInfo:
         home = CalendarSet(client=self._conn.client, url=self._calendar_home())
@@ -219,3 +220,27 @@ class CalDavCalendarStore:
 
     async def delete(self, href: str) -> None:
         await self._conn.run("delete", self._delete, href)
+
+    # --- keeping a device in step (see objects.py) ---
+
+    async def object_etags(self, calendar_url: str, component: str | None = None) -> dict[str, str]:
+        """href -> ETag of every object in the calendar (only those holding a ``component``, when given)."""
+        return await self._conn.run("list events", objects.etags, self._conn, calendar_url, "list events",
+                                    component)
+
+    async def fetch_objects(self, calendar_url: str, hrefs: list[str]) -> list[CalendarObject]:
+        """The objects at ``hrefs`` that still exist, in that order."""
+        found = await self._conn.run("read events", objects.multiget, self._conn, calendar_url, hrefs, "calendar",
+                                     "read events")
+        return [CalendarObject(href=h, etag=etag, ical=text) for h, (etag, text) in found.items()]
+
+    async def replace_object(self, href: str, ical: str, etag: str | None) -> str:
+        """Store ``ical`` at ``href`` if the object there still has ``etag`` (None: if there is none yet);
+        the new ETag. Conflict when it changed meanwhile, NotFound when it is gone."""
+        ical, _ = prepare_ical(ical, None)
+        return await self._conn.run("store event", objects.replace, self._conn, href, ical,
+                                    _ICAL_HEADERS["Content-Type"], etag, "store event")
+
+    async def delete_object(self, href: str, etag: str | None = None) -> None:
+        """Delete the object at ``href`` (if it still has ``etag``, when given); one already gone is fine."""
+        await self._conn.run("delete event", objects.delete, self._conn, href, etag, "delete event")

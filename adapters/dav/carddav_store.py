@@ -14,6 +14,7 @@ import vobject
 from adapters.errors import InvalidData
 from adapters.interfaces import CalendarInfo, ContactObject, Credentials
 
+from . import objects
 from .common import CARDDAV, DAV, DavConnection, check, check_put, multistatus
 
 # caldav 3.x discovers CardDAV services (RFC 6764) but has no address-book
@@ -84,7 +85,7 @@ class CardDavContactStore:
 
     def _list(self) -> list[CalendarInfo]:
         found = self._conn.collections(self._book_home(), f"{CARDDAV}addressbook", "list address books")
-        return [CalendarInfo(url=url, name=name, ctag=tag) for url, name, tag in found]
+        return [CalendarInfo(url=url, name=name, ctag=tag) for url, name, tag, _ in found]
 
     def _create(self, name: str, book_id: str | None = None) -> CalendarInfo:
         url = self._book_home().rstrip("/") + "/" + quote(book_id or str(uuid.uuid4()), safe="") + "/"
@@ -151,3 +152,26 @@ class CardDavContactStore:
 
     async def delete(self, href: str) -> None:
         await self._conn.run("delete contact", self._delete, href)
+
+    # --- keeping a device in step (see objects.py) ---
+
+    async def object_etags(self, book_url: str) -> dict[str, str]:
+        """href -> ETag of every contact in the address book."""
+        return await self._conn.run("list contacts", objects.etags, self._conn, book_url, "list contacts")
+
+    async def fetch_objects(self, book_url: str, hrefs: list[str]) -> list[ContactObject]:
+        """The contacts at ``hrefs`` that still exist, in that order."""
+        found = await self._conn.run("read contacts", objects.multiget, self._conn, book_url, hrefs, "addressbook",
+                                     "read contacts")
+        return [ContactObject(href=h, etag=etag, vcard=text) for h, (etag, text) in found.items()]
+
+    async def replace_object(self, href: str, vcard: str, etag: str | None) -> str:
+        """Store ``vcard`` at ``href`` if the contact there still has ``etag`` (None: if there is none yet);
+        the new ETag. Conflict when it changed meanwhile, NotFound when it is gone."""
+        vcard, _ = prepare_vcard(vcard, None)
+        return await self._conn.run("store contact", objects.replace, self._conn, href, vcard,
+                                    _VCARD_HEADERS["Content-Type"], etag, "store contact")
+
+    async def delete_object(self, href: str, etag: str | None = None) -> None:
+        """Delete the contact at ``href`` (if it still has ``etag``, when given); one already gone is fine."""
+        await self._conn.run("delete contact", objects.delete, self._conn, href, etag, "delete contact")

@@ -239,11 +239,15 @@ class DavConnection:
         # RFC 6352 and 4791 let a server leave the home out; the principal is the usual fallback.
         return principal
 
-    def collections(self, home: str, resource_type: str, what: str) -> list[tuple[str, str, str | None]]:
-        """(url, display name, ctag) of every collection of ``resource_type`` under ``home`` (blocking)."""
+    def collections(self, home: str, resource_type: str,
+                    what: str) -> list[tuple[str, str, str | None, tuple[str, ...]]]:
+        """(url, display name, ctag, component types) of every collection of ``resource_type`` under ``home``
+        (blocking). The component types are a calendar's supported-calendar-component-set; () when the
+        server states none (RFC 4791 5.2.3: then any type may be stored)."""
         body = ('<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
-                'xmlns:cs="http://calendarserver.org/ns/"><d:prop><d:resourcetype/>'
-                '<d:displayname/><cs:getctag/><d:sync-token/></d:prop></d:propfind>')
+                'xmlns:cs="http://calendarserver.org/ns/" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop>'
+                '<d:resourcetype/><d:displayname/><cs:getctag/><d:sync-token/>'
+                '<c:supported-calendar-component-set/></d:prop></d:propfind>')
         response = check(self.client.propfind(home, body, depth=1), what)
         found = []
         for href, props in multistatus(response).items():
@@ -256,5 +260,7 @@ class DavConnection:
             if tag_el is None:
                 tag_el = props.get(f"{DAV}sync-token")
             tag = tag_el.text if tag_el is not None and tag_el.text else None
-            found.append((url, name or url.rstrip("/").rsplit("/", 1)[-1], tag))
+            comps = props.get(f"{CALDAV}supported-calendar-component-set")
+            kinds = tuple(c.get("name", "").upper() for c in comps.iter(f"{CALDAV}comp")) if comps is not None else ()
+            found.append((url, name or url.rstrip("/").rsplit("/", 1)[-1], tag, kinds))
         return found

@@ -116,6 +116,10 @@ class FolderMap:
             await self._store(user, ids)
         return ids
 
+    async def all(self, user: str) -> dict[str, str]:
+        """Every folder name (or DAV folder key) -> ServerId the user has now."""
+        return dict(await self._load(user, fresh=True))
+
     async def name_of(self, user: str, server_id: str) -> str | None:
         for attempt in (False, True):
             ids = await self._load(user, fresh=attempt)

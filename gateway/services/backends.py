@@ -16,6 +16,7 @@ from .. import tls
 from ..config import BackendConfig, Config
 
 if TYPE_CHECKING:
+    from adapters.dav import CalDavCalendarStore, CardDavContactStore
     from adapters.ews import EwsFreeBusy
     from adapters.sieve import SieveOof
     from adapters.smtp import SmtpSubmission
@@ -57,6 +58,25 @@ class Backends:
 
     def mail_store(self, name: str, credentials: Credentials, client_ip: str | None = None) -> ImapMailStore:
         return ImapMailStore(self.imap_endpoint(name), credentials, client_ip)
+
+    def _dav_args(self, name: str) -> tuple[str, str | None, float]:
+        b = self.get(name)
+        if not b.url:
+            raise ValueError(f"back end {name} has no url")
+        ca = b.ca_file or self.config.tls.ca_file
+        return b.url, str(self.config.path(ca)) if ca else None, b.timeout
+
+    def calendar_store(self, name: str, credentials: Credentials) -> CalDavCalendarStore:
+        """The user's calendars on a CalDAV back end (not started)."""
+        from adapters.dav import CalDavCalendarStore
+        url, ca, timeout = self._dav_args(name)
+        return CalDavCalendarStore(url, credentials, ca, timeout)
+
+    def contact_store(self, name: str, credentials: Credentials) -> CardDavContactStore:
+        """The user's address books on a CardDAV back end (not started)."""
+        from adapters.dav import CardDavContactStore
+        url, ca, timeout = self._dav_args(name)
+        return CardDavContactStore(url, credentials, ca, timeout)
 
     def submission(self, name: str, credentials: Credentials) -> SmtpSubmission:
         """Sending as the user through an SMTP submission back end (RFC 6409), logged in with their password."""

@@ -9,11 +9,17 @@ again under the same new key: nothing lost, nothing twice.
 from __future__ import annotations
 
 import json
+import logging
+
+from adapters.errors import BackendError
 
 from ..folders import first_key, folder_types, next_key, parent_of, valid_key
+from ..pimfolders import CLASSES, PimFolder, folders_of, parse_key
+from .pimcollection import store_for
 from ..wbxml import Element
 from . import EasCall, EasError
 
+log = logging.getLogger("casgate.activesync")
 NS = "FolderHierarchy"
 HIERARCHY = "hierarchy"  # collection id of the hierarchy's sync state
 KEEP_STATES = 4
@@ -21,21 +27,56 @@ KEEP_STATES = 4
 OK, SERVER_ERROR, INVALID_KEY, BAD_REQUEST = 1, 6, 9, 10
 
 
-async def current(call: EasCall) -> dict[str, list]:
-    """ServerId -> [parent ServerId ("0" at the top), display name, type] for the user's folders now."""
+async def current(call: EasCall, before: dict[str, list] | None = None) -> dict[str, list]:
+    """ServerId -> [parent ServerId ("0" at the top), display name, type] for the user's folders now:
+    the mail folders, then the calendars, address books, task lists and notes of the DAV back ends. A DAV
+    back end that does not answer keeps the folders the device was last sent (``before``), so a passing
+    outage never makes a phone drop its calendar."""
     store = await call.mailbox()
     folders = await store.list_folders()
-    ids = await call.services.folders.assign(call.user.address, [f.name for f in folders])
+    pim, kept = await _pim_folders(call)
+    names = [f.name for f in folders] + [p.key for p in pim]
+    old_ids = {}
+    if kept:  # the folders of a silent back end keep their ids
+        old_ids = {n: i for n, i in (await call.services.folders.all(call.user.address)).items()
+                   if (p := parse_key(n)) is not None and p[0].role in kept}
+    ids = await call.services.folders.assign(call.user.address, names + list(old_ids))
     types = folder_types(folders)
-    names = {f.name for f in folders}
+    mail_names = {f.name for f in folders}
     out: dict[str, list] = {}
     for f in folders:
-        parent = parent_of(f, names)
+        parent = parent_of(f, mail_names)
         display = f.name.rsplit(f.delimiter, 1)[-1] if parent else f.name
         if types[f.name] == 2:
             display = "Inbox"
         out[ids[f.name]] = [ids[parent] if parent else "0", display, types[f.name]]
+    for p in pim:
+        out[ids[p.key]] = ["0", p.klass.name if p.default else p.name, p.type]
+    for sid in old_ids.values():
+        if before and sid in before:
+            out[sid] = before[sid]
     return out
+
+
+async def _pim_folders(call: EasCall) -> tuple[list[PimFolder], list[str]]:
+    """(the DAV folders now, the classes ("caldav", "carddav") whose back end did not answer)."""
+    found: list[PimFolder] = []
+    failed: list[str] = []
+    for role in ("caldav", "carddav"):
+        if not call.ctx.directory.route(call.user, role):
+            continue
+        classes = [c for c in CLASSES.values() if c.role == role and call.version_tuple >= c.since]
+        try:
+            store = await store_for(call, classes[0])
+            collections = await (store.list_address_books() if role == "carddav" else store.list_calendars())
+        except BackendError as exc:
+            log.info("DAV folders unavailable", extra={"event": "eas-folders", "user": call.user.address,
+                                                        "role": role, "error": str(exc)[:200]})
+            failed.append(role)
+            continue
+        for klass in classes:
+            found += folders_of(klass, collections)
+    return found, failed
 
 
 def _entry(kind: str, server_id: str, info: list) -> Element:
@@ -66,7 +107,7 @@ async def run(call: EasCall) -> Element:
             raise EasError(INVALID_KEY, "unknown hierarchy sync key")
         before = json.loads(blob)
         new_key = next_key(key)
-    now = await current(call)
+    now = await current(call, before)
     adds = [_entry("Add", sid, info) for sid, info in now.items() if sid not in before]
     updates = [_entry("Update", sid, info) for sid, info in now.items() if sid in before and before[sid] != info]
     deletes = [_entry("Delete", sid, info) for sid, info in before.items() if sid not in now]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ..folders import valid_key
+from ..pimfolders import parse_key
 from ..wbxml import Element
 from . import EasCall, EasError
 from ...services.mailsync import FolderState, flag_bits, in_window
+from .pimcollection import pending_count
 from .sync import FILTER_DAYS
 
 NS = "GetItemEstimate"
@@ -47,6 +49,8 @@ async def _estimate(call: EasCall, collection: Element) -> Element:
         if valid_key(key) else None
     if blob is None:
         return _response(BAD_KEY, collection_id)
+    if (pim := parse_key(folder)) is not None:
+        return _response(OK, collection_id, await pending_count(call, *pim, blob))
     state = FolderState.load(blob)
     filter_text = collection.text_of("FilterType", "AirSync")
     options = collection.find("Options", "AirSync")

@@ -16,7 +16,9 @@ import time
 
 from ..wbxml import Element
 from . import EasCall
+from ..pimfolders import parse_key
 from .foldersync import known_folders
+from .pimcollection import pending_count
 from ...services.mailsync import FolderState
 
 NS = "Ping"
@@ -100,6 +102,10 @@ async def _changed(call: EasCall, folders: list[str], known: dict[str, list]) ->
         latest = await call.ctx.state.latest_sync_state(call.user.address, call.device.device_id, folder_id)
         if latest is None:
             continue  # never synced: nothing to compare with (the device syncs it when it wants it)
+        if (pim := parse_key(name)) is not None:
+            if await pending_count(call, *pim, latest.blob):
+                out.append(folder_id)
+            continue
         held = FolderState.load(latest.blob)
         status = await store.status(name)
         marks = (status.highestmodseq, status.uidnext, status.messages)

@@ -25,8 +25,9 @@ from ..email_item import BodyOptions, ItemError, parse_options
 from ..flagnotes import FlagNotes, plain_flag
 from ..folders import DELETED, first_key, folder_types, next_key, valid_key
 from ..items import application_data, fetch_one, server_id, uid_of
+from ..pimfolders import PimFolder, parse_key
 from ..wbxml import Element
-from . import EasCall, EasError
+from . import EasCall, EasError, pimcollection
 
 log = logging.getLogger("casgate.activesync")
 NS = "AirSync"
@@ -128,14 +129,16 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     collection_id = collection.text_of("CollectionId") or ""
     key = collection.text_of("SyncKey")
     klass = collection.text_of("Class")
-    if klass not in (None, "Email"):
-        return _collection_status(collection_id, SERVER_ERROR if klass else PROTOCOL_ERROR, key, klass), True
     if key is None or not collection_id:
         return _collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     folder = await call.services.folders.name_of(call.user.address, collection_id)
     if folder is None:
         return _collection_status(collection_id, FOLDER_HIERARCHY_CHANGED, key, klass), True
     window = min(_int(collection, "WindowSize", default_window, 1, 512), call.ctx.config.activesync.max_window_size)
+    if (pim := parse_key(folder)) is not None:
+        return await pimcollection.collection(call, collection, PimFolder(*pim, name=""), collection_id, window)
+    if klass not in (None, "Email"):
+        return _collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     options = collection.find("Options")
     filter_type = _int(options, "FilterType", 0, 0, 8)
     try:

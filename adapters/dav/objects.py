@@ -1,0 +1,117 @@
+"""What keeping a device in step with a DAV collection needs: each object's ETag, several objects by href
+in one request, and writes and deletes that only succeed on the version the caller saw (If-Match).
+
+Both the CalDAV and the CardDAV store use these; all are blocking and run through DavConnection.run.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import escape
+
+from adapters.errors import Conflict, NotFound
+
+from .common import CALDAV, CARDDAV, DAV, DavConnection, check_put, parse_xml
+
+_ETAGS = ('<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:">'
+          '<d:prop><d:getetag/><d:resourcetype/></d:prop></d:propfind>')
+_TYPED = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:" '
+          'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><c:filter>'
+          '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}"/></c:comp-filter></c:filter>'
+          '</c:calendar-query>')
+_MULTIGET = ('<?xml version="1.0" encoding="utf-8"?><x:{report} xmlns:d="DAV:" xmlns:x="{ns}">'
+             '<d:prop><d:getetag/><x:{data}/></d:prop>{hrefs}</x:{report}>')
+_KINDS = {
+    "calendar": ("calendar-multiget", CALDAV, "calendar-data"),
+    "addressbook": ("addressbook-multiget", CARDDAV, "address-data"),
+}
+#: Hrefs per multiget request: servers cap REPORT bodies, and a device takes at most a window anyway.
+MULTIGET_BATCH = 100
+
+
+def _same_path(a: str, b: str) -> bool:
+    return unquote(urlsplit(a).path).rstrip("/") == unquote(urlsplit(b).path).rstrip("/")
+
+
+def etags(conn: DavConnection, collection_url: str, what: str, component: str | None = None) -> dict[str, str]:
+    """href (absolute URL) -> ETag of every object directly in the collection (one PROPFIND, Depth 1), or
+    with ``component`` of every calendar object holding that type (VTODO...: one calendar-query REPORT)."""
+    url = conn.absolute(collection_url.rstrip("/") + "/")
+    headers = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
+    if component:
+        response = conn.send("REPORT", url, _TYPED.format(component=escape(component)), headers, what, ok=(207,))
+    else:
+        response = conn.send("PROPFIND", url, _ETAGS, headers, what, ok=(207,))
+    root = parse_xml(response.content or b"", what)
+    found: dict[str, str] = {}
+    for resp in root.iter(f"{DAV}response"):
+        href = (resp.findtext(f"{DAV}href") or "").strip()
+        if not href or _same_path(conn.absolute(href), url):
+            continue
+        etag = None
+        collection = False
+        for propstat in resp.iter(f"{DAV}propstat"):
+            if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
+                continue
+            etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
+            if propstat.find(f"{DAV}prop/{DAV}resourcetype/{DAV}collection") is not None:
+                collection = True
+        if etag and not collection:
+            found[conn.absolute(href)] = etag.strip()
+    return found
+
+
+def multiget(conn: DavConnection, collection_url: str, hrefs: list[str], kind: str,
+             what: str) -> dict[str, tuple[str, str]]:
+    """href -> (ETag, text) of the objects asked for that still exist (RFC 4791 7.9, RFC 6352 8.7)."""
+    report, ns, data_name = _KINDS[kind]
+    url = conn.absolute(collection_url.rstrip("/") + "/")
+    found: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(hrefs), MULTIGET_BATCH):
+        batch = hrefs[start:start + MULTIGET_BATCH]
+        body = _MULTIGET.format(report=report, ns=ns[1:-1], data=data_name,
+                                hrefs="".join(f"<d:href>{escape(urlsplit(conn.absolute(h)).path)}</d:href>"
+                                              for h in batch))
+        response = conn.send("REPORT", url, body, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                             what, ok=(207,))
+        root = parse_xml(response.content or b"", what)
+        for resp in root.iter(f"{DAV}response"):
+            href = (resp.findtext(f"{DAV}href") or "").strip()
+            text = etag = None
+            for propstat in resp.iter(f"{DAV}propstat"):
+                if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
+                    continue
+                text = propstat.findtext(f"{DAV}prop/{ns}{data_name}") or text
+                etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
+            if href and text:
+                found[conn.absolute(href)] = ((etag or "").strip(), text)
+    # Servers answer with their own spelling of each href; give them back under the caller's.
+    by_path = {unquote(urlsplit(h).path): v for h, v in found.items()}
+    return {h: by_path[unquote(urlsplit(conn.absolute(h)).path)] for h in hrefs
+            if unquote(urlsplit(conn.absolute(h)).path) in by_path}
+
+
+def replace(conn: DavConnection, href: str, text: str, content_type: str, etag: str | None, what: str) -> str:
+    """Write ``text`` over the object at ``href`` only if it still has ``etag`` (None: only if it does not
+    exist yet); returns the new ETag ("" when the server gives none). Conflict when someone changed it
+    first, NotFound when it is gone."""
+    headers = {"Content-Type": content_type}
+    if etag is None:
+        headers["If-None-Match"] = "*"
+    else:
+        headers["If-Match"] = etag
+    response = conn.client.put(conn.absolute(href), text, headers)
+    if response.status == 412 and etag is not None:
+        # Gone, or changed: tell them apart, since a gone object cannot be written back.
+        if conn.absolute(href) not in etags(conn, href.rsplit("/", 1)[0] + "/", what):
+            raise NotFound(f"{what}: the object is gone")
+    check_put(response, what)
+    return (response.headers.get("ETag") or "").strip()
+
+
+def delete(conn: DavConnection, href: str, etag: str | None, what: str) -> None:
+    """Delete the object at ``href`` (only if it still has ``etag``, when given); gone already is fine."""
+    headers = {"If-Match": etag} if etag else {}
+    response = conn.send("DELETE", href, "", headers, what, ok=(200, 204, 404, 410, 412))
+    if response.status_code == 412:
+        raise Conflict(f"{what}: the object was changed meanwhile")

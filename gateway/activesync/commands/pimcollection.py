@@ -1,0 +1,248 @@
+"""Sync (MS-ASCMD 2.2.1.21) for the Contacts, Calendar, Tasks and Notes classes: one DAV collection,
+both ways, in windows, with the same retry-safe keys as mail.
+
+The state under each sync key (gateway/services/pimsync.py) maps the device's
+item ids to hrefs and the ETags it was sent. A request is answered by applying
+the device's own changes (writes carry If-Match, so a change made on the
+server meanwhile is never overwritten unless the client is set to win), then
+comparing the collection's ETags with the state, and storing the result under
+the next key before the answer leaves. An Add is written under a UID made from
+the device's ClientId, so an Add repeated after a lost answer replaces the
+object it made the first time instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from adapters.errors import Conflict, NotFound
+
+from ...services.pimsync import CollectionState, client_uid, look
+from ..email_item import BodyOptions, ItemError, parse_options
+from ..folders import first_key, next_key, valid_key
+from ..pimfolders import PimClass, PimFolder
+from ..wbxml import Element
+from . import EasCall, EasError
+
+log = logging.getLogger("casgate.activesync")
+NS = "AirSync"
+KEEP_STATES = 3
+OK, PROTOCOL_ERROR, INVALID_KEY, CONVERSION_ERROR, NOT_FOUND = 1, 4, 3, 6, 8
+
+
+def _status(collection_id: str, status: int, key: str | None, klass: str | None) -> Element:
+    children = [Element(NS, "Class", text=klass)] if klass else []
+    children += [Element(NS, "SyncKey", text=key or "0"), Element(NS, "CollectionId", text=collection_id),
+                 Element(NS, "Status", text=str(status))]
+    return Element(NS, "Collection", children)
+
+
+def _response(kind: str, server_id: str, status: int, client_id: str | None = None) -> Element:
+    children = [Element(NS, "ClientId", text=client_id)] if client_id is not None else []
+    children += [Element(NS, "ServerId", text=server_id)] if server_id else []
+    return Element(NS, kind, children + [Element(NS, "Status", text=str(status))])
+
+
+def server_id(collection_id: str, item: str) -> str:
+    return f"{collection_id}:{item}"
+
+
+def item_of(sid: str, collection_id: str) -> str | None:
+    head, _, item = sid.rpartition(":")
+    return item if head == collection_id and item.isdigit() else None
+
+
+async def store_for(call: EasCall, klass: PimClass):
+    """The user's logged-in CalDAV or CardDAV store for ``klass``."""
+    backend = call.ctx.directory.route(call.user, klass.role)
+    if klass.role == "carddav":
+        return await call.services.mail.contacts(call.user, backend, call.creds)
+    return await call.services.mail.calendars(call.user, backend, call.creds)
+
+
+def _text(obj) -> str:
+    return obj.vcard if hasattr(obj, "vcard") else obj.ical
+
+
+def _extra(call: EasCall, klass: PimClass) -> dict:
+    return {"owner": call.user.address} if klass.name == "Calendar" else {}
+
+
+async def current_etags(store, folder: PimFolder) -> dict[str, str]:
+    if folder.klass.component is None:
+        return await store.object_etags(folder.url)
+    return await store.object_etags(folder.url, folder.klass.component)
+
+
+async def collection(call: EasCall, element: Element, folder: PimFolder, collection_id: str,
+                     window: int) -> tuple[Element, bool]:
+    """(the response's Collection for a DAV folder, whether it says anything beyond "unchanged")."""
+    klass = element.text_of("Class")
+    key = element.text_of("SyncKey")
+    if key is None:
+        return _status(collection_id, PROTOCOL_ERROR, key, klass), True
+    if klass is not None and klass != folder.klass.name:
+        return _status(collection_id, PROTOCOL_ERROR, key, klass), True
+    try:
+        options = parse_options(element.find("Options"), call.version)
+    except ItemError as exc:
+        raise EasError(PROTOCOL_ERROR, str(exc)) from None
+    states, user, device = call.ctx.state, call.user.address, call.device.device_id
+    if key == "0":
+        new_key = first_key()
+        await states.put_sync_state(user, device, collection_id, new_key, CollectionState().dump(), keep=KEEP_STATES)
+        return _status(collection_id, OK, new_key, klass), True
+    blob = await states.get_sync_state(user, device, collection_id, key) if valid_key(key) else None
+    if blob is None:
+        return _status(collection_id, INVALID_KEY, "0", klass), True
+    state = CollectionState.load(blob)
+    store = await store_for(call, folder.klass)
+    commands = element.find("Commands")
+    get_changes = element.find("GetChanges")
+    wants_changes = get_changes is None or (get_changes.text or "1") != "0"
+
+    responses: list[Element] = []
+    if commands is not None:
+        responses = await _client_commands(call, store, folder, collection_id, commands, state, options)
+    items: list[Element] = []
+    more = False
+    if wants_changes:
+        items, more = await _server_changes(call, store, folder, collection_id, state, window, options)
+    if not items and not responses and not more and commands is None:
+        await states.put_sync_state(user, device, collection_id, key, state.dump(), keep=KEEP_STATES)
+        return _status(collection_id, OK, key, klass), False
+    new_key = next_key(key)
+    await states.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
+    if commands is not None:
+        await call.services.push.changed(user, folder.key)  # the user's other devices, any node
+    answer = _status(collection_id, OK, new_key, klass)
+    if more:
+        answer.children.append(Element(NS, "MoreAvailable"))
+    if items:
+        answer.children.append(Element(NS, "Commands", items))
+    if responses:
+        answer.children.append(Element(NS, "Responses", responses))
+    return answer, True
+
+
+async def _server_changes(call: EasCall, store, folder: PimFolder, collection_id: str, state: CollectionState,
+                          window: int, options: BodyOptions) -> tuple[list[Element], bool]:
+    found = look(state, await current_etags(store, folder))
+    out: list[Element] = []
+    for item in found.gone[:window]:
+        out.append(Element(NS, "Delete", [Element(NS, "ServerId", text=server_id(collection_id, item))]))
+        del state.items[item]
+    wanted = [i for i in found.changed + found.owed][:max(0, window - len(out))]
+    if wanted:
+        hrefs = [state.items[i][0] for i in wanted]
+        fetched = {o.href: o for o in await store.fetch_objects(folder.url, hrefs)}
+        converter = folder.klass.converter()
+        for item in wanted:
+            href, sent = state.items[item]
+            obj = fetched.get(href)
+            if obj is None:  # gone between the listing and the read: the next look sends its Delete
+                continue
+            try:
+                data = converter.to_application_data(_text(obj), call.version, options, **_extra(call, folder.klass))
+            except ItemError as exc:
+                log.warning("object not convertible", extra={"event": "eas-item", "user": call.user.address,
+                                                              "href": href, "error": str(exc)[:200]})
+                if sent is None:
+                    del state.items[item]  # never sent, and it cannot be: the device is owed nothing
+                else:
+                    state.items[item][1] = obj.etag or ""
+                continue
+            kind = "Add" if sent is None else "Change"
+            out.append(Element(NS, kind, [Element(NS, "ServerId", text=server_id(collection_id, item)), data]))
+            state.items[item][1] = obj.etag or ""
+    return out, found.count > min(len(found.gone), window) + len(wanted)
+
+
+async def _client_commands(call: EasCall, store, folder: PimFolder, collection_id: str, commands: Element,
+                           state: CollectionState, options: BodyOptions) -> list[Element]:
+    converter = folder.klass.converter()
+    extra = _extra(call, folder.klass)
+    wins = call.ctx.config.activesync.client_wins_conflicts
+    responses: list[Element] = []
+    for command in commands.children:
+        sid = command.text_of("ServerId") or ""
+        item = item_of(sid, collection_id)
+        if command.name == "Add":
+            responses.append(await _add(call, store, folder, collection_id, command, state, converter, extra))
+        elif command.name == "Change":
+            if item is None or item not in state.items:
+                responses.append(_response("Change", sid, NOT_FOUND))
+                continue
+            href, sent = state.items[item]
+            [obj] = await store.fetch_objects(folder.url, [href]) or [None]
+            if obj is None:
+                responses.append(_response("Change", sid, NOT_FOUND))
+                continue
+            if not wins and sent is not None and obj.etag != sent:
+                continue  # changed on the server too: the server's version goes to the device as a Change
+            try:
+                text = converter.from_application_data(command.find("ApplicationData") or Element(NS, "ApplicationData"),
+                                                       call.version, _text(obj), **extra)
+                state.items[item][1] = await store.replace_object(href, text, obj.etag) or ""
+            except ItemError as exc:
+                log.info("device item refused", extra={"event": "eas-item", "user": call.user.address,
+                                                       "error": str(exc)[:200]})
+                responses.append(_response("Change", sid, CONVERSION_ERROR))
+            except Conflict:
+                continue  # changed between our read and write: the next look sends the server's version
+            except NotFound:
+                responses.append(_response("Change", sid, NOT_FOUND))
+        elif command.name == "Delete":
+            if item is None or item not in state.items:
+                continue  # gone already: nothing to undo
+            href, _ = state.items.pop(item)
+            await store.delete_object(href)
+        elif command.name == "Fetch":
+            responses.append(await _fetch(call, store, folder, collection_id, sid, item, state, options,
+                                          converter))
+        else:
+            raise EasError(PROTOCOL_ERROR, f"unknown Sync command {command.name}")
+    return responses
+
+
+async def _add(call: EasCall, store, folder: PimFolder, collection_id: str, command: Element,
+               state: CollectionState, converter, extra: dict) -> Element:
+    client_id = command.text_of("ClientId") or ""
+    data = command.find("ApplicationData")
+    if not client_id or data is None:
+        return _response("Add", "", PROTOCOL_ERROR, client_id)
+    try:
+        text = converter.from_application_data(data, call.version, None, **extra)
+    except ItemError as exc:
+        log.info("device item refused", extra={"event": "eas-item", "user": call.user.address,
+                                               "error": str(exc)[:200]})
+        return _response("Add", "", CONVERSION_ERROR, client_id)
+    own_uid = data.find("UID", "Calendar") is not None or data.find("ClientUid", "Calendar") is not None
+    uid = None if own_uid else client_uid(call.user.address, call.device.device_id, collection_id, client_id)
+    if folder.klass.role == "carddav":
+        obj = await store.put_contact(folder.url, text, uid)
+    else:
+        obj = await store.put_event(folder.url, text, uid)
+    item = state.id_of(obj.href) or state.new_id(obj.href)
+    state.items[item][1] = obj.etag or ""
+    return _response("Add", server_id(collection_id, item), OK, client_id)
+
+
+async def _fetch(call: EasCall, store, folder: PimFolder, collection_id: str, sid: str, item: str | None,
+                 state: CollectionState, options: BodyOptions, converter) -> Element:
+    href = state.href_of(item) if item is not None else None
+    objects = await store.fetch_objects(folder.url, [href]) if href else []
+    if not objects:
+        return _response("Fetch", sid, NOT_FOUND)
+    try:
+        data = converter.to_application_data(_text(objects[0]), call.version, options, **_extra(call, folder.klass))
+    except ItemError:
+        return _response("Fetch", sid, CONVERSION_ERROR)
+    return Element(NS, "Fetch", [Element(NS, "ServerId", text=sid), Element(NS, "Status", text=str(OK)), data])
+
+
+async def pending_count(call: EasCall, klass: PimClass, url: str, blob: bytes) -> int:
+    """How many changes a Sync from the state ``blob`` would bring now (GetItemEstimate, Ping)."""
+    state = CollectionState.load(blob)
+    store = await store_for(call, klass)
+    return look(state, await current_etags(store, PimFolder(klass, url, ""))).count
