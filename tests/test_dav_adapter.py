@@ -412,3 +412,13 @@ async def test_etags_of_one_component_type(alice_cal):
     assert event.href in await store.object_etags(url, "VEVENT")
     assert todo.href not in await store.object_etags(url, "VEVENT")
     assert {event.href, todo.href} <= set(await store.object_etags(url))
+
+
+async def test_find_an_object_by_uid_whatever_its_href(alice_cal):
+    store, url = alice_cal
+    href = url + "not-the-uid.ics"
+    await store.replace_object(href, SINGLE.replace("single-1", "odd-uid@example.test"), None)
+    found = await store.find_uid(url, "odd-uid@example.test")
+    assert found is not None and found.href == href and "Dentist" in found.ical and found.etag
+    assert await store.find_uid(url, "odd-uid") is None  # whole UIDs only
+    assert await store.find_uid(url, "odd-uid@example.test", "VTODO") is None

@@ -244,3 +244,9 @@ class CalDavCalendarStore:
     async def delete_object(self, href: str, etag: str | None = None) -> None:
         """Delete the object at ``href`` (if it still has ``etag``, when given); one already gone is fine."""
         await self._conn.run("delete event", objects.delete, self._conn, href, etag, "delete event")
+
+    async def find_uid(self, calendar_url: str, uid: str, component: str = "VEVENT") -> CalendarObject | None:
+        """The object in the calendar whose ``component`` has this UID (whatever its href), or None."""
+        found = await self._conn.run("find event", objects.by_uid, self._conn, calendar_url, uid, component,
+                                     "find event")
+        return CalendarObject(href=found[0], etag=found[1], ical=found[2]) if found else None

@@ -6,6 +6,7 @@ Both the CalDAV and the CardDAV store use these; all are blocking and run throug
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
 
@@ -19,6 +20,11 @@ _TYPED = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:
           'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><c:filter>'
           '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}"/></c:comp-filter></c:filter>'
           '</c:calendar-query>')
+_BY_UID = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:" '
+           'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/><c:calendar-data/></d:prop><c:filter>'
+           '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}"><c:prop-filter name="UID">'
+           '<c:text-match collation="i;octet">{uid}</c:text-match></c:prop-filter></c:comp-filter>'
+           '</c:comp-filter></c:filter></c:calendar-query>')
 _MULTIGET = ('<?xml version="1.0" encoding="utf-8"?><x:{report} xmlns:d="DAV:" xmlns:x="{ns}">'
              '<d:prop><d:getetag/><x:{data}/></d:prop>{hrefs}</x:{report}>')
 _KINDS = {
@@ -115,3 +121,24 @@ def delete(conn: DavConnection, href: str, etag: str | None, what: str) -> None:
     response = conn.send("DELETE", href, "", headers, what, ok=(200, 204, 404, 410, 412))
     if response.status_code == 412:
         raise Conflict(f"{what}: the object was changed meanwhile")
+
+
+def by_uid(conn: DavConnection, collection_url: str, uid: str, component: str,
+           what: str) -> tuple[str, str, str] | None:
+    """(href, ETag, text) of the calendar object whose ``component`` has this UID, None when there is none."""
+    url = conn.absolute(collection_url.rstrip("/") + "/")
+    body = _BY_UID.format(component=escape(component), uid=escape(uid))
+    response = conn.send("REPORT", url, body, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                         what, ok=(207,))
+    root = parse_xml(response.content or b"", what)
+    for resp in root.iter(f"{DAV}response"):
+        href = (resp.findtext(f"{DAV}href") or "").strip()
+        for propstat in resp.iter(f"{DAV}propstat"):
+            if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
+                continue
+            text = propstat.findtext(f"{DAV}prop/{CALDAV}calendar-data")
+            # text-match finds substrings (RFC 4791 9.7.5): keep only the object with this very UID.
+            if href and text and re.search(rf"^UID(;[^:]*)?:{re.escape(uid)}\r?$",
+                                           re.sub(r"\r?\n[ \t]", "", text), re.MULTILINE):
+                return conn.absolute(href), (propstat.findtext(f"{DAV}prop/{DAV}getetag") or "").strip(), text
+    return None

@@ -860,6 +860,18 @@ class _Message:
                 return "IPM.Schedule.Meeting.Request"
         return "IPM.Note"
 
+    def calendar(self) -> tuple[str, str] | None:
+        """(METHOD, text) of the message's first iCalendar part, None when it has none."""
+        for part in [p for p in self.parts if p.ctype == "text/calendar" and not p.children][:10]:
+            data = _payload(self.raw, part)[:1 << 20]
+            text = _decode(data, part.params.get("charset"))
+            method = part.params.get("method", "").upper()
+            if not method:
+                found = re.search(r"^METHOD:(\w+)", text, re.MULTILINE | re.IGNORECASE)
+                method = found.group(1).upper() if found else ""
+            return method, text
+        return None
+
     def attachments(self) -> list[tuple[_Part, str]]:
         """(part, display name) of every part shown as an attachment, names made up where missing."""
         body = {id(self.plain_part), id(self.html_part)}
@@ -1069,6 +1081,16 @@ def email_application_data(raw: bytes, *, version: str, options: BodyOptions, fl
         return Element("AirSync", "ApplicationData", out)
     out.append(_body(message, options, v))
     out.append(_leaf("Email", "MessageClass", message.message_class()))
+    invitation = message.calendar() if message.smime_class is None else None
+    if invitation is not None and invitation[0] in ("REQUEST", "CANCEL"):
+        from .meeting import meeting_request
+        try:
+            out.append(meeting_request(invitation[1], v))
+        except ItemError:
+            pass  # an invitation we cannot read stays a plain message with its .ics attached
+        else:
+            if invitation[0] == "CANCEL":
+                out[-2] = _leaf("Email", "MessageClass", "IPM.Schedule.Meeting.Canceled")
     out.append(_leaf("Email", "InternetCPID", "65001"))
     out.append(Element("Email", "Flag", [
         _leaf("Email", "Status", "2"), _leaf("Email", "FlagType", "Flag for follow up")]

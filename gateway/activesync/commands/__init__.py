@@ -125,8 +125,8 @@ def root_of(command: str) -> tuple[str, str]:
 
 
 def _registry() -> dict[str, Command]:
-    from . import (composemail, find, foldercommands, foldersync, gal, getitemestimate, itemoperations, moveitems,
-                   ping, provision, search, settings, sync, validatecert)
+    from . import (composemail, find, foldercommands, foldersync, gal, getitemestimate, itemoperations,
+                   meetingresponse, moveitems, ping, provision, search, settings, sync, validatecert)
     return {
         "Provision": Command(provision.run, needs_policy=False),
         "FolderSync": Command(foldersync.run),
@@ -142,6 +142,7 @@ def _registry() -> dict[str, Command]:
         "Search": Command(search.run),
         "Ping": Command(ping.run),
         "Find": Command(find.run),
+        "MeetingResponse": Command(meetingresponse.run),
         "ResolveRecipients": Command(gal.resolve_recipients),
         "SendMail": Command(composemail.send_mail, wbxml_body=None),
         "SmartReply": Command(composemail.smart_reply, wbxml_body=None),

@@ -180,9 +180,9 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
                 continue
             if not wins and sent is not None and obj.etag != sent:
                 continue  # changed on the server too: the server's version goes to the device as a Change
+            data = command.find("ApplicationData") or Element(NS, "ApplicationData")
             try:
-                text = converter.from_application_data(command.find("ApplicationData") or Element(NS, "ApplicationData"),
-                                                       call.version, _text(obj), **extra)
+                text = converter.from_application_data(data, call.version, _text(obj), **extra)
                 state.items[item][1] = await store.replace_object(href, text, obj.etag) or ""
             except ItemError as exc:
                 log.info("device item refused", extra={"event": "eas-item", "user": call.user.address,
