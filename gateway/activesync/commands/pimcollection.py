@@ -27,6 +27,8 @@ from . import EasCall, EasError
 log = logging.getLogger("casgate.activesync")
 NS = "AirSync"
 KEEP_STATES = 3
+_INVITED_NS = "eas-invited"
+_INVITED_TTL = 3 * 86400.0
 OK, PROTOCOL_ERROR, INVALID_KEY, CONVERSION_ERROR, NOT_FOUND = 1, 4, 3, 6, 8
 
 
@@ -183,6 +185,7 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
             data = command.find("ApplicationData") or Element(NS, "ApplicationData")
             try:
                 text = converter.from_application_data(data, call.version, _text(obj), **extra)
+                text = await _schedule(call, folder, _text(obj), text) or text
                 state.items[item][1] = await store.replace_object(href, text, obj.etag) or ""
             except ItemError as exc:
                 log.info("device item refused", extra={"event": "eas-item", "user": call.user.address,
@@ -196,6 +199,9 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
             if item is None or item not in state.items:
                 continue  # gone already: nothing to undo
             href, _ = state.items.pop(item)
+            if folder.klass.name == "Calendar" and call.version_tuple >= (16, 0):
+                for obj in await store.fetch_objects(folder.url, [href]):
+                    await _schedule(call, folder, _text(obj), None)
             await store.delete_object(href)
         elif command.name == "Fetch":
             responses.append(await _fetch(call, store, folder, collection_id, sid, item, state, options,
@@ -203,6 +209,47 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
         else:
             raise EasError(PROTOCOL_ERROR, f"unknown Sync command {command.name}")
     return responses
+
+
+def _with_uid(text: str, uid: str) -> str:
+    """An iCalendar object with every component's UID set to ``uid``."""
+    import icalendar
+    cal = icalendar.Calendar.from_ical(text)
+    for component in cal.subcomponents:
+        if component.name in ("VEVENT", "VTODO", "VJOURNAL"):
+            component.pop("UID", None)
+            component.add("UID", uid)
+    return cal.to_ical().decode("utf-8")
+
+
+async def _schedule(call: EasCall, folder: PimFolder, old: str | None, new: str | None,
+                    once: str | None = None) -> str | None:
+    """Send the iMIP mails a 16.x phone's change to a meeting it organizes calls for; the text to store
+    instead of ``new`` (its SEQUENCE, its ORGANIZER), or None. ``once`` names a change (an Add's ClientId)
+    whose mails must go out only once, even when the device repeats the request."""
+    if folder.klass.name != "Calendar" or call.version_tuple < (16, 0):
+        return None
+    from ..scheduling import plan
+    me = {call.user.address.lower(), *(a.lower() for a in call.user.aliases)}
+    try:
+        text, mails = plan(old, new, me, call.user.display_name)
+    except ItemError:
+        return None
+    if once is not None and mails:
+        claim = f"{call.user.address}\x1f{call.device.device_id}\x1f{once}"
+        if await call.ctx.state.kv_get(_INVITED_NS, claim) is not None:
+            return text
+        await call.ctx.state.kv_set(_INVITED_NS, claim, b"1", ttl=_INVITED_TTL)
+    from ..compose import Outgoing
+    from .composemail import submit
+    for mail in mails:
+        try:
+            await submit(call, "Sync", Outgoing(call.user.address, mail.recipients, mail.message, mail.message),
+                         save=False, claim=None)
+        except EasError as exc:
+            log.warning("meeting mail not sent", extra={"event": "eas-meeting", "user": call.user.address,
+                                                         "error": exc.message[:200]})
+    return text
 
 
 async def _add(call: EasCall, store, folder: PimFolder, collection_id: str, command: Element,
@@ -219,6 +266,9 @@ async def _add(call: EasCall, store, folder: PimFolder, collection_id: str, comm
         return _response("Add", "", CONVERSION_ERROR, client_id)
     own_uid = data.find("UID", "Calendar") is not None or data.find("ClientUid", "Calendar") is not None
     uid = None if own_uid else client_uid(call.user.address, call.device.device_id, collection_id, client_id)
+    if uid is not None and folder.klass.role == "caldav":
+        text, uid = _with_uid(text, uid), None  # the invitations below must carry the UID that is stored
+    text = await _schedule(call, folder, None, text, once=f"{collection_id}\x1f{client_id}") or text
     if folder.klass.role == "carddav":
         obj = await store.put_contact(folder.url, text, uid)
     else:
