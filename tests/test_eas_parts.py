@@ -13,6 +13,7 @@ from gateway.services.mailsync import (FolderState, categories, category_keyword
                                       rebase)
 from gateway.activesync.folders import (DELETED, DRAFTS, INBOX, SENT, USER_MAIL, FolderMap, first_key,
                                         folder_types, next_key, valid_key)
+from gateway.activesync.pimfolders import folder_key
 from gateway.activesync.wbxml import Element
 from gateway.state import open_store
 
@@ -104,6 +105,12 @@ async def test_folder_ids_are_stable_and_shared(tmp_path):
         assert "New" not in gone
         back = await a.assign("u@x", ["INBOX", "Sent", "Jobs", "New"])
         assert back["New"] != again["New"]  # a folder made again is a new folder
+        # DAV folders (NUL-prefixed keys) keep their ids when a mail-only list is assigned.
+        cal = folder_key("Calendar", "https://dav/u/calendar/")
+        with_dav = await a.assign("u@x", ["INBOX", "Sent", cal])
+        kept = await b.assign("u@x", ["INBOX", "Sent", "Archive"], mail_only=True)
+        assert kept[cal] == with_dav[cal] and "Archive" in kept
+        assert cal not in await a.assign("u@x", ["INBOX"])
     finally:
         await store.close()
 

@@ -101,9 +101,13 @@ class FolderMap:
         await self.state.kv_set(_NS, user, json.dumps(ids, sort_keys=True).encode())
         self._cache[user] = (time.monotonic(), ids)
 
-    async def assign(self, user: str, names: list[str]) -> dict[str, str]:
-        """Ids for exactly these folders (the current list): new ones get fresh ids, missing ones lose theirs."""
+    async def assign(self, user: str, names: list[str], mail_only: bool = False) -> dict[str, str]:
+        """Ids for exactly these folders (the current list): new ones get fresh ids, missing ones lose theirs.
+        With ``mail_only`` the list is of mail folders only, and the DAV folders' ids (keys starting with
+        NUL, see pimfolders.py) are kept as they are."""
         ids = dict(await self._load(user, fresh=True))
+        if mail_only:
+            names = list(names) + [n for n in ids if n.startswith("\x00")]
         changed = False
         for name in names:
             if name not in ids:

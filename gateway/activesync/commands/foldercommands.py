@@ -87,7 +87,7 @@ async def create(call: EasCall) -> Element:
             return _status("FolderCreate", EXISTS)
         raise
     folders = await store.list_folders()
-    ids = await call.services.folders.assign(call.user.address, [f.name for f in folders])
+    ids = await call.services.folders.assign(call.user.address, [f.name for f in folders], mail_only=True)
     server_id = ids[name]
     known[server_id] = [parent_id, display, USER_MAIL]
     new_key = await _commit(call, key, known)
@@ -140,7 +140,7 @@ async def delete(call: EasCall) -> Element:
     delimiter = _delimiter(folders)
     # A folder goes with its subfolders, deepest first (IMAP refuses to delete a folder that has children).
     doomed = sorted((f.name for f in folders if f.name.startswith(name + delimiter)), key=len, reverse=True)
-    ids = await call.services.folders.assign(call.user.address, [f.name for f in folders])
+    ids = await call.services.folders.assign(call.user.address, [f.name for f in folders], mail_only=True)
     for victim in [*doomed, name]:
         try:
             await store.delete_folder(victim)

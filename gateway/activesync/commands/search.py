@@ -76,7 +76,7 @@ async def mailbox_hits(call: EasCall, store, collection_id: str | None, text: st
         targets = [(collection_id, folder)]
     else:  # no folder named: every mail folder, as Exchange does
         listed = await store.list_folders()
-        ids = await folders.assign(call.user.address, [f.name for f in listed])
+        ids = await folders.assign(call.user.address, [f.name for f in listed], mail_only=True)
         targets = [(ids[f.name], f.name) for f in listed]
     hits = []
     try:
