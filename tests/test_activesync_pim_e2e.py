@@ -251,3 +251,28 @@ def _post(pim, cmd: str, body: Element, device: str, policy: str | None = None) 
     session.trust_env = False
     return session.post(url, data=wbxml.encode(body), headers=headers, auth=(USER, pim["password"]),
                         verify=pim["ca"], timeout=30)
+
+
+def test_phone_made_task_list_is_a_vtodo_calendar_renamed_and_removed(pim):
+    from pyactivesync import FolderType
+    from pyactivesync.exceptions import EASError
+    c = _client(pim)
+    by_type = _folders_by_type(c)
+    made = c.create_folder("Errands", type=FolderType(15))
+    store_calendars = asyncio.run(_calendars(pim))
+    [errands] = [x for x in store_calendars if x.name == "Errands"]
+    assert errands.components == ("VTODO",)
+    assert [f.name for f in _folders_by_type(c)[15]] == ["Errands"]
+    c.update_folder(made.id, "Shopping")
+    assert [x.name for x in asyncio.run(_calendars(pim)) if x.url == errands.url] == ["Shopping"]
+    with pytest.raises(EASError):  # the default calendar shows as Tasks and Notes too: it stays
+        c.delete_folder(by_type[8][0].id)
+    c.delete_folder(made.id)
+    assert errands.url not in {x.url for x in asyncio.run(_calendars(pim))}
+    assert 15 not in _folders_by_type(c)
+
+
+async def _calendars(pim):
+    store, stack = await _dav(pim, "cal")
+    async with stack:
+        return await store.list_calendars()

@@ -422,3 +422,18 @@ async def test_find_an_object_by_uid_whatever_its_href(alice_cal):
     assert found is not None and found.href == href and "Dentist" in found.ical and found.etag
     assert await store.find_uid(url, "odd-uid") is None  # whole UIDs only
     assert await store.find_uid(url, "odd-uid@example.test", "VTODO") is None
+
+
+async def test_calendar_of_one_type_renamed_and_deleted(make_calendars, make_contacts):
+    store = await make_calendars("alice@example.test")
+    info = await store.create_calendar("Chores", ("VTODO",))
+    listed = {c.url: c for c in await store.list_calendars()}
+    assert listed[info.url].components == ("VTODO",)
+    await store.rename_collection(info.url, "House chores")
+    assert {c.url: c.name for c in await store.list_calendars()}[info.url] == "House chores"
+    await store.delete(info.url)
+    assert info.url not in {c.url for c in await store.list_calendars()}
+    books = await make_contacts("alice@example.test")
+    book = await books.create_address_book("Club")
+    await books.rename_collection(book.url, "Chess club")
+    assert {b.url: b.name for b in await books.list_address_books()}[book.url] == "Chess club"

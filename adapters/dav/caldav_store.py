@@ -113,10 +113,11 @@ class CalDavCalendarStore:
         found = self._conn.collections(self._conn.absolute(home_url), f"{CALDAV}calendar", "list calendars")
         return [CalendarInfo(url=url, name=name, ctag=tag, components=kinds) for url, name, tag, kinds in found]
 
-    def _create(self, name: str, cal_id: str | None = None) -> CalendarInfo:
+    def _create(self, name: str, cal_id: str | None = None, components: tuple[str, ...] = ()) -> CalendarInfo:
         home = CalendarSet(client=self._conn.client, url=self._calendar_home())
-        cal = home.make_calendar(name=name, cal_id=cal_id)
-        return CalendarInfo(url=self._conn.absolute(str(cal.url)), name=name)
+        cal = home.make_calendar(name=name, cal_id=cal_id,
+                                 supported_calendar_component_set=list(components) or None)
+        return CalendarInfo(url=self._conn.absolute(str(cal.url)), name=name, components=components)
 
     def _ensure_default(self) -> list[CalendarInfo]:
         calendars = self._list()
@@ -150,8 +151,13 @@ class CalDavCalendarStore:
         calendars = await self.list_calendars()
         return calendars[0]
 
-    async def create_calendar(self, name: str) -> CalendarInfo:
-        return await self._conn.run("create calendar", self._create, name)
+    async def create_calendar(self, name: str, components: tuple[str, ...] = ()) -> CalendarInfo:
+        """A new calendar called ``name``, taking only these object types (VEVENT...; () any)."""
+        return await self._conn.run("create calendar", self._create, name, None, components)
+
+    async def rename_collection(self, url: str, name: str) -> None:
+        """Set a calendar's display name."""
+        await self._conn.run("rename calendar", objects.rename, self._conn, url, name, "rename calendar")
 
     def _put(self, calendar_url: str, ical: str, uid: str | None) -> CalendarObject:
         body, uid = prepare_ical(ical, uid)

@@ -175,3 +175,7 @@ class CardDavContactStore:
     async def delete_object(self, href: str, etag: str | None = None) -> None:
         """Delete the contact at ``href`` (if it still has ``etag``, when given); one already gone is fine."""
         await self._conn.run("delete contact", objects.delete, self._conn, href, etag, "delete contact")
+
+    async def rename_collection(self, url: str, name: str) -> None:
+        """Set an address book's display name."""
+        await self._conn.run("rename address book", objects.rename, self._conn, url, name, "rename address book")

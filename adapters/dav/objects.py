@@ -142,3 +142,16 @@ def by_uid(conn: DavConnection, collection_url: str, uid: str, component: str,
                                            re.sub(r"\r?\n[ \t]", "", text), re.MULTILINE):
                 return conn.absolute(href), (propstat.findtext(f"{DAV}prop/{DAV}getetag") or "").strip(), text
     return None
+
+
+def rename(conn: DavConnection, url: str, name: str, what: str) -> None:
+    """Set a collection's DAV:displayname (one PROPPATCH)."""
+    body = ('<?xml version="1.0" encoding="utf-8"?><d:propertyupdate xmlns:d="DAV:"><d:set><d:prop>'
+            f'<d:displayname>{escape(name)}</d:displayname></d:prop></d:set></d:propertyupdate>')
+    response = conn.send("PROPPATCH", url, body, {"Content-Type": "application/xml; charset=utf-8"}, what,
+                         ok=(200, 207))
+    root = parse_xml(response.content or b"", what) if response.status_code == 207 else None
+    if root is not None:
+        for status in root.iter(f"{DAV}status"):
+            if " 200 " not in (status.text or "") + " ":
+                raise NotFound(f"{what}: the server did not set the name ({(status.text or '').strip()})")

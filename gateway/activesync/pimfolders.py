@@ -17,6 +17,7 @@ from types import ModuleType
 from adapters.interfaces import CalendarInfo
 
 SEP = "\x00"
+DEFAULT_IDS = ("calendar", "contacts")  # the last path segment of the collections the DAV stores make first
 
 
 @dataclass(frozen=True)
@@ -85,4 +86,7 @@ def folders_of(klass: PimClass, collections: list[CalendarInfo]) -> list[PimFold
     default one."""
     chosen = [c for c in collections if klass.component is None or not c.components
               or klass.component in c.components]
+    # Servers list collections in no fixed order: the default is the one the store makes by default
+    # ("calendar", "contacts"), else the first by URL, so it stays the same from one FolderSync to the next.
+    chosen.sort(key=lambda c: (c.url.rstrip("/").rsplit("/", 1)[-1] not in DEFAULT_IDS, c.url))
     return [PimFolder(klass, c.url, c.name or klass.name, i == 0) for i, c in enumerate(chosen)]

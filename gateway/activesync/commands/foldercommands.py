@@ -1,5 +1,5 @@
 """FolderCreate, FolderUpdate and FolderDelete (MS-ASCMD 2.2.1.3, 2.2.1.6, 2.2.1.4): mail folders made,
-renamed or moved, and removed from the device.
+renamed or moved, and removed from the device (calendar, contact, task and note folders: pimfoldercommands).
 
 Each carries the device's hierarchy sync key and answers with the next one.
 The state under the new key is the old state with just this change, so any
@@ -16,7 +16,8 @@ from adapters.errors import BackendError, Conflict, NotFound, PermissionDenied
 
 from ..folders import GENERIC, USER_MAIL, next_key, valid_key
 from ..wbxml import Element
-from . import EasCall, EasError
+from ..pimfolders import BY_TYPE, is_pim
+from . import EasCall, EasError, pimfoldercommands
 from .foldersync import HIERARCHY, KEEP_STATES, NS
 
 log = logging.getLogger("casgate.activesync")
@@ -70,8 +71,13 @@ async def create(call: EasCall) -> Element:
     kind = body.text_of("Type") or ""
     if _bad_name(display) or not kind.isdigit():
         return _status("FolderCreate", MALFORMED)
+    if int(kind) in BY_TYPE:  # a calendar, contact, task or note folder: a collection on the DAV server
+        refused, server_id, entry = await pimfoldercommands.create(call, int(kind), display, parent_id)
+        if refused is not None:
+            return refused
+        known[server_id] = entry
+        return _created(server_id, await _commit(call, key, known))
     if int(kind) not in _MAIL_TYPES:
-        # Calendar, contact, task and note folders live on the DAV server: not offered here yet.
         return _status("FolderCreate", SERVER_ERROR)
     store = await call.mailbox()
     delimiter = _delimiter(await store.list_folders())
@@ -90,7 +96,10 @@ async def create(call: EasCall) -> Element:
     ids = await call.services.folders.assign(call.user.address, [f.name for f in folders], mail_only=True)
     server_id = ids[name]
     known[server_id] = [parent_id, display, USER_MAIL]
-    new_key = await _commit(call, key, known)
+    return _created(server_id, await _commit(call, key, known))
+
+
+def _created(server_id: str, new_key: str) -> Element:
     return Element(NS, "FolderCreate", [Element(NS, "Status", text=str(OK)), Element(NS, "SyncKey", text=new_key),
                                         Element(NS, "ServerId", text=server_id)])
 
@@ -106,6 +115,12 @@ async def update(call: EasCall) -> Element:
     old = await folders.name_of(call.user.address, server_id)
     if entry is None or old is None:
         return _status("FolderUpdate", NOT_FOUND)
+    if is_pim(old):
+        status = await pimfoldercommands.update(call, old, display, parent_id)
+        if status != OK:
+            return _status("FolderUpdate", status)
+        known[server_id] = [parent_id, display, entry[2]]
+        return _updated("FolderUpdate", await _commit(call, key, known))
     if entry[2] not in _MAIL_TYPES:
         return _status("FolderUpdate", SPECIAL)
     store = await call.mailbox()
@@ -122,8 +137,11 @@ async def update(call: EasCall) -> Element:
             return _status("FolderUpdate", EXISTS)
         await folders.rename(call.user.address, old, new, delimiter)
     known[server_id] = [parent_id, display, entry[2]]
-    new_key = await _commit(call, key, known)
-    return Element(NS, "FolderUpdate", [Element(NS, "Status", text=str(OK)), Element(NS, "SyncKey", text=new_key)])
+    return _updated("FolderUpdate", await _commit(call, key, known))
+
+
+def _updated(command: str, new_key: str) -> Element:
+    return Element(NS, command, [Element(NS, "Status", text=str(OK)), Element(NS, "SyncKey", text=new_key)])
 
 
 async def delete(call: EasCall) -> Element:
@@ -133,6 +151,13 @@ async def delete(call: EasCall) -> Element:
     name = await call.services.folders.name_of(call.user.address, server_id)
     if entry is None or name is None:
         return _status("FolderDelete", NOT_FOUND)
+    if is_pim(name):
+        status = await pimfoldercommands.delete(call, name)
+        if status != OK:
+            return _status("FolderDelete", status)
+        known.pop(server_id, None)
+        await call.ctx.state.delete_sync_state(call.user.address, call.device.device_id, server_id)
+        return _updated("FolderDelete", await _commit(call, key, known))
     if entry[2] not in _MAIL_TYPES:
         return _status("FolderDelete", SPECIAL)
     store = await call.mailbox()
@@ -150,5 +175,4 @@ async def delete(call: EasCall) -> Element:
         if victim_id is not None:
             known.pop(victim_id, None)
             await call.ctx.state.delete_sync_state(call.user.address, call.device.device_id, victim_id)
-    new_key = await _commit(call, key, known)
-    return Element(NS, "FolderDelete", [Element(NS, "Status", text=str(OK)), Element(NS, "SyncKey", text=new_key)])
+    return _updated("FolderDelete", await _commit(call, key, known))
