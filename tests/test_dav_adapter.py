@@ -437,3 +437,17 @@ async def test_calendar_of_one_type_renamed_and_deleted(make_calendars, make_con
     book = await books.create_address_book("Club")
     await books.rename_collection(book.url, "Chess club")
     assert {b.url: b.name for b in await books.list_address_books()}[book.url] == "Chess club"
+
+
+async def test_etags_since_a_moment_and_of_open_tasks(alice_cal):
+    store, url = alice_cal
+    old = await store.put_event(url, SINGLE.replace("single-1", "old-one"))  # 10 January 2025
+    weekly = await store.put_event(url, vcalendar("UID:weekly-on\nSUMMARY:Weekly\nDTSTART:20250106T100000Z\n"
+                                                  "DTEND:20250106T110000Z\nRRULE:FREQ=WEEKLY"))
+    todo = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\nUID:{uid}\r\n"
+            "DTSTAMP:20250101T000000Z\r\nSUMMARY:Task\r\n{extra}END:VTODO\r\nEND:VCALENDAR\r\n")
+    open_task = await store.put_event(url, todo.format(uid="open-task", extra=""))
+    await store.put_event(url, todo.format(uid="done-task", extra="STATUS:COMPLETED\r\nCOMPLETED:20250102T000000Z\r\n"))
+    recent = set(await store.object_etags(url, "VEVENT", since=when(2025, 6, 1)))
+    assert weekly.href in recent and old.href not in recent  # a recurrence still running counts
+    assert set(await store.object_etags(url, "VTODO", open_only=True)) == {open_task.href}

@@ -229,10 +229,12 @@ class CalDavCalendarStore:
 
     # --- keeping a device in step (see objects.py) ---
 
-    async def object_etags(self, calendar_url: str, component: str | None = None) -> dict[str, str]:
-        """href -> ETag of every object in the calendar (only those holding a ``component``, when given)."""
+    async def object_etags(self, calendar_url: str, component: str | None = None, since: dt.datetime | None = None,
+                           open_only: bool = False) -> dict[str, str]:
+        """href -> ETag of every object in the calendar: only those holding a ``component``, when given, and
+        of those only the ones with an occurrence ending after ``since`` / tasks not completed (``open_only``)."""
         return await self._conn.run("list events", objects.etags, self._conn, calendar_url, "list events",
-                                    component)
+                                    component, since, open_only)
 
     async def fetch_objects(self, calendar_url: str, hrefs: list[str]) -> list[CalendarObject]:
         """The objects at ``hrefs`` that still exist, in that order."""

@@ -6,6 +6,7 @@ Both the CalDAV and the CardDAV store use these; all are blocking and run throug
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -18,8 +19,8 @@ _ETAGS = ('<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:">'
           '<d:prop><d:getetag/><d:resourcetype/></d:prop></d:propfind>')
 _TYPED = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:" '
           'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><c:filter>'
-          '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}"/></c:comp-filter></c:filter>'
-          '</c:calendar-query>')
+          '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}">{inner}</c:comp-filter>'
+          '</c:comp-filter></c:filter></c:calendar-query>')
 _BY_UID = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:" '
            'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/><c:calendar-data/></d:prop><c:filter>'
            '<c:comp-filter name="VCALENDAR"><c:comp-filter name="{component}"><c:prop-filter name="UID">'
@@ -39,13 +40,23 @@ def _same_path(a: str, b: str) -> bool:
     return unquote(urlsplit(a).path).rstrip("/") == unquote(urlsplit(b).path).rstrip("/")
 
 
-def etags(conn: DavConnection, collection_url: str, what: str, component: str | None = None) -> dict[str, str]:
+def etags(conn: DavConnection, collection_url: str, what: str, component: str | None = None,
+          since: dt.datetime | None = None, open_only: bool = False) -> dict[str, str]:
     """href (absolute URL) -> ETag of every object directly in the collection (one PROPFIND, Depth 1), or
-    with ``component`` of every calendar object holding that type (VTODO...: one calendar-query REPORT)."""
+    with ``component`` of every calendar object holding that type (VTODO...: one calendar-query REPORT),
+    only those with an occurrence ending after ``since`` when given, only tasks not completed with
+    ``open_only``."""
     url = conn.absolute(collection_url.rstrip("/") + "/")
     headers = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
     if component:
-        response = conn.send("REPORT", url, _TYPED.format(component=escape(component)), headers, what, ok=(207,))
+        inner = ""
+        if since is not None:
+            stamp = since.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            inner += f'<c:time-range start="{stamp}"/>'  # open-ended: every later occurrence counts
+        if open_only:
+            inner += '<c:prop-filter name="COMPLETED"><c:is-not-defined/></c:prop-filter>'
+        body = _TYPED.format(component=escape(component), inner=inner)
+        response = conn.send("REPORT", url, body, headers, what, ok=(207,))
     else:
         response = conn.send("PROPFIND", url, _ETAGS, headers, what, ok=(207,))
     root = parse_xml(response.content or b"", what)

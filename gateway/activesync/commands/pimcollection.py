@@ -13,6 +13,7 @@ object it made the first time instead of making a second one.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from adapters.errors import Conflict, NotFound
@@ -70,10 +71,22 @@ def _extra(call: EasCall, klass: PimClass) -> dict:
     return {"owner": call.user.address} if klass.name == "Calendar" else {}
 
 
-async def current_etags(store, folder: PimFolder) -> dict[str, str]:
+#: Calendar FilterType -> days back (MS-ASCMD 2.2.3.70.1): 4 two weeks, 5 a month, 6 three, 7 six months.
+CALENDAR_DAYS = {4: 14, 5: 30, 6: 90, 7: 180}
+INCOMPLETE_TASKS = 8
+
+
+async def current_etags(store, folder: PimFolder, filter_type: int = 0) -> dict[str, str]:
+    """href -> ETag of the folder's objects now, within the device's filter."""
     if folder.klass.component is None:
         return await store.object_etags(folder.url)
-    return await store.object_etags(folder.url, folder.klass.component)
+    since = None
+    if folder.klass.name == "Calendar" and filter_type in CALENDAR_DAYS:
+        # Midnight, so the window moves once a day, not on every look.
+        today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - dt.timedelta(days=CALENDAR_DAYS[filter_type])
+    open_only = folder.klass.name == "Tasks" and filter_type == INCOMPLETE_TASKS
+    return await store.object_etags(folder.url, folder.klass.component, since, open_only)
 
 
 async def collection(call: EasCall, element: Element, folder: PimFolder, collection_id: str,
@@ -99,6 +112,11 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
         return _status(collection_id, INVALID_KEY, "0", klass), True
     state = CollectionState.load(blob)
     store = await store_for(call, folder.klass)
+    options_element = element.find("Options")
+    if options_element is not None and (wanted := options_element.text_of("FilterType")) is not None:
+        if not wanted.isdigit() or int(wanted) > 8:
+            raise EasError(PROTOCOL_ERROR, "FilterType must be a number from 0 to 8")
+        state.filter_type = int(wanted)
     commands = element.find("Commands")
     get_changes = element.find("GetChanges")
     wants_changes = get_changes is None or (get_changes.text or "1") != "0"
@@ -129,7 +147,7 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
 
 async def _server_changes(call: EasCall, store, folder: PimFolder, collection_id: str, state: CollectionState,
                           window: int, options: BodyOptions) -> tuple[list[Element], bool]:
-    found = look(state, await current_etags(store, folder))
+    found = look(state, await current_etags(store, folder, state.filter_type))
     out: list[Element] = []
     for item in found.gone[:window]:
         out.append(Element(NS, "Delete", [Element(NS, "ServerId", text=server_id(collection_id, item))]))
@@ -295,4 +313,4 @@ async def pending_count(call: EasCall, klass: PimClass, url: str, blob: bytes) -
     """How many changes a Sync from the state ``blob`` would bring now (GetItemEstimate, Ping)."""
     state = CollectionState.load(blob)
     store = await store_for(call, klass)
-    return look(state, await current_etags(store, PimFolder(klass, url, ""))).count
+    return look(state, await current_etags(store, PimFolder(klass, url, ""), state.filter_type)).count
