@@ -19,8 +19,10 @@ from adapters.errors import BackendError, NotFound
 
 from ..email_item import ItemError, attachment_content, parse_options
 from ..items import application_data, fetch_one, uid_of
+from ..pimfolders import parse_key
 from ..wbxml import Element, encode
 from . import EasCall, EasError
+from .pimcollection import fetch_item
 
 log = logging.getLogger("casgate.activesync")
 NS = "ItemOperations"
@@ -97,13 +99,23 @@ async def _fetch(call: EasCall, fetch: Element, parts: _Parts) -> Element:
     if not collection_id or not item:
         return _status("Fetch", PROTOCOL_ERROR, *ids)
     folder = await call.services.folders.name_of(call.user.address, collection_id)
-    uid = uid_of(item, collection_id)
-    if folder is None or uid is None:
-        return _status("Fetch", NOT_FOUND, *ids)
     try:
         options = parse_options(fetch.find("Options"), call.version)
     except ItemError as exc:
         raise EasError(PROTOCOL_ERROR, str(exc)) from None
+    if folder is not None and (pim := parse_key(folder)) is not None:
+        try:
+            found = await fetch_item(call, *pim, collection_id, item, options)
+        except ItemError:
+            return _status("Fetch", CONVERSION_ERROR, *ids)
+        if found is None:
+            return _status("Fetch", NOT_FOUND, *ids)
+        return Element(NS, "Fetch", [Element(NS, "Status", text=str(OK)), *ids,
+                                     Element("AirSync", "Class", text=pim[0].name),
+                                     Element(NS, "Properties", found.children)])
+    uid = uid_of(item, collection_id)
+    if folder is None or uid is None:
+        return _status("Fetch", NOT_FOUND, *ids)
     fetched = await fetch_one(await call.mailbox(), folder, uid)
     if fetched is None:
         return _status("Fetch", NOT_FOUND, *ids)

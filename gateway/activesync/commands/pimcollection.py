@@ -314,3 +314,19 @@ async def pending_count(call: EasCall, klass: PimClass, url: str, blob: bytes) -
     state = CollectionState.load(blob)
     store = await store_for(call, klass)
     return look(state, await current_etags(store, PimFolder(klass, url, ""), state.filter_type)).count
+
+
+async def fetch_item(call: EasCall, klass: PimClass, url: str, collection_id: str, sid: str,
+                     options: BodyOptions) -> Element | None:
+    """The ApplicationData of one item the device was sent (ItemOperations Fetch), None when there is none;
+    ItemError when it cannot be converted."""
+    item = item_of(sid, collection_id)
+    latest = await call.ctx.state.latest_sync_state(call.user.address, call.device.device_id, collection_id)
+    href = CollectionState.load(latest.blob).href_of(item) if latest is not None and item is not None else None
+    if href is None:
+        return None
+    store = await store_for(call, klass)
+    found = await store.fetch_objects(url, [href])
+    if not found:
+        return None
+    return klass.converter().to_application_data(_text(found[0]), call.version, options, **_extra(call, klass))
