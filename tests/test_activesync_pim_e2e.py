@@ -120,6 +120,9 @@ async def test_contacts_both_ways_with_radicale(pim):
         assert grace.fields.get("Contacts.FirstName") == "Grace"
         assert "grace@example.test" in grace.fields.get("Contacts.Email1Address", "")
         assert not [i for i in new if i.fields.get("Contacts.LastName") == "Lovelace"]  # the phone's own: not echoed
+        fetched = await asyncio.to_thread(c.fetch_item, contacts.id, grace.server_id)
+        assert fetched.fields.get("Contacts.FirstName") == "Grace"
+        assert "+1 555 0100" in fetched.fields.values()
         # Phone changes and deletes; Radicale sees both.
         result = await asyncio.to_thread(
             c.apply_contact_changes, contacts.id, key,
@@ -276,3 +279,120 @@ async def _calendars(pim):
     store, stack = await _dav(pim, "cal")
     async with stack:
         return await store.list_calendars()
+
+
+def _sync(c: Client, collection_id: str, key: str, *commands: Element, options: list[Element] = (),
+          window: int = 100) -> Element | None:
+    """One raw Sync of one collection; the response's Collection element (None for an empty answer)."""
+    children = [Element("AirSync", "SyncKey", text=key), Element("AirSync", "CollectionId", text=collection_id),
+                Element("AirSync", "WindowSize", text=str(window))]
+    if commands:
+        children += [Element("AirSync", "GetChanges", text="0"), Element("AirSync", "Commands", list(commands))]
+    if options:
+        children.append(Element("AirSync", "Options", list(options)))
+    request = Element("AirSync", "Sync", [Element("AirSync", "Collections", [Element("AirSync", "Collection",
+                                                                                      children)])])
+    raw = c._post("Sync", wbxml.encode(request))
+    if not raw:
+        return None
+    return wbxml.decode(raw).find("Collections").find("Collection")
+
+
+def _primed(c: Client, folder_id: str, options: list[Element] = ()) -> tuple[str, list[Element]]:
+    """(the key after a whole initial sync, the Add elements it brought)."""
+    key = _sync(c, folder_id, "0", options=options).text_of("SyncKey")
+    adds: list[Element] = []
+    while True:
+        answer = _sync(c, folder_id, key, options=options)
+        if answer is None:
+            return key, adds
+        key = answer.text_of("SyncKey")
+        commands = answer.find("Commands")
+        adds += commands.findall("Add") if commands is not None else []
+        if answer.find("MoreAvailable") is None:
+            return key, adds
+
+
+def _leaf(ns: str, name: str, text: str) -> Element:
+    return Element(ns, name, text=text)
+
+
+async def test_calendar_both_ways_recurrence_exception_and_invitations(pim):
+    c = _client(pim)
+    calendar = _folders_by_type(c)[8][0]
+    store, stack = await _dav(pim, "cal")
+    async with stack:
+        url = [x for x in await store.list_calendars() if x.url.rstrip("/").endswith("/calendar")][0].url
+        uid = f"standup-{uuid.uuid4()}"
+        # CalDAV -> phone: a weekly Berlin meeting with a moved and a cancelled occurrence.
+        await store.put_event(url, (
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\n"
+            "BEGIN:VTIMEZONE\r\nTZID:Europe/Berlin\r\nBEGIN:STANDARD\r\nDTSTART:19701025T030000\r\n"
+            "RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU\r\nTZOFFSETFROM:+0200\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\n"
+            "BEGIN:DAYLIGHT\r\nDTSTART:19700329T020000\r\nRRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU\r\n"
+            "TZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\n"
+            f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20261101T000000Z\r\nSUMMARY:Standup\r\n"
+            "DTSTART;TZID=Europe/Berlin:20270301T090000\r\nDTEND;TZID=Europe/Berlin:20270301T091500\r\n"
+            "RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=8\r\nEXDATE;TZID=Europe/Berlin:20270315T090000\r\nEND:VEVENT\r\n"
+            f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20261101T000000Z\r\nSUMMARY:Standup (moved)\r\n"
+            "RECURRENCE-ID;TZID=Europe/Berlin:20270322T090000\r\n"
+            "DTSTART;TZID=Europe/Berlin:20270322T110000\r\nDTEND;TZID=Europe/Berlin:20270322T111500\r\n"
+            "END:VEVENT\r\nEND:VCALENDAR\r\n"))
+        key, adds = await asyncio.to_thread(_primed, c, calendar.id)
+        [item] = [a for a in adds if a.find("ApplicationData").text_of("Subject", "Calendar") == "Standup"]
+        data = item.find("ApplicationData")
+        assert data.text_of("StartTime", "Calendar") == "20270301T080000Z"  # 09:00 Berlin, winter time
+        recurrence = data.find("Recurrence", "Calendar")
+        assert recurrence.text_of("Type", "Calendar") == "1" and recurrence.text_of("Occurrences", "Calendar") == "8"
+        exceptions = data.find("Exceptions", "Calendar").findall("Exception", "Calendar")
+        # 16.x names an occurrence by AirSyncBase:InstanceId (compact UTC), earlier versions by ExceptionStartTime.
+        by_start = {e.text_of("InstanceId", "AirSyncBase") or e.text_of("ExceptionStartTime", "Calendar"): e
+                    for e in exceptions}
+        assert by_start["20270315T080000Z"].text_of("Deleted", "Calendar") == "1"
+        moved = by_start["20270322T080000Z"]
+        assert moved.text_of("Subject", "Calendar") == "Standup (moved)"
+        assert moved.text_of("StartTime", "Calendar") == "20270322T100000Z"
+        assert data.text_of("Timezone", "Calendar")
+
+        # Phone -> CalDAV: a 16.1 meeting with an attendee; the attendee is invited by iMIP.
+        guest = "phone@example.test"
+        add = Element("AirSync", "Add", [_leaf("AirSync", "ClientId", "new-meeting-1"), Element(
+            "AirSync", "ApplicationData", [
+                _leaf("Calendar", "Timezone", data.text_of("Timezone", "Calendar")),
+                _leaf("Calendar", "AllDayEvent", "0"),
+                _leaf("Calendar", "StartTime", "20270405T070000Z"), _leaf("Calendar", "EndTime", "20270405T080000Z"),
+                _leaf("Calendar", "Subject", "Roadmap"), _leaf("Calendar", "BusyStatus", "2"),
+                _leaf("Calendar", "Sensitivity", "0"), _leaf("Calendar", "MeetingStatus", "1"),
+                Element("Calendar", "Attendees", [Element("Calendar", "Attendee", [
+                    _leaf("Calendar", "Email", guest), _leaf("Calendar", "Name", "Phone Owner"),
+                    _leaf("Calendar", "AttendeeType", "1")])])])])
+        answer = await asyncio.to_thread(_sync, c, calendar.id, key, add)
+        [response] = answer.find("Responses").findall("Add")
+        assert response.text_of("Status") == "1" and response.text_of("ServerId")
+        # The same Add again (its answer lost): no second object, no second invitation.
+        again = await asyncio.to_thread(_sync, c, calendar.id, key, add)
+        assert again.find("Responses").find("Add").text_of("ServerId") == response.text_of("ServerId")
+        objects = [o for o in await store.fetch_objects(url, list(await store.object_etags(url)))
+                   if "SUMMARY:Roadmap" in o.ical]
+        assert len(objects) == 1
+        assert "ORGANIZER" in objects[0].ical and f"mailto:{guest}" in objects[0].ical
+        assert "20270405T070000Z" in objects[0].ical or "TZID=" in objects[0].ical
+
+    def invitations() -> list[bytes]:
+        box = _imap(pim, guest)
+        try:
+            for _ in range(50):
+                box.select("INBOX")
+                _, found = box.search(None, "SUBJECT", '"Roadmap"')
+                if found[0]:
+                    time.sleep(0.5)  # a second one would have arrived by now
+                    _, found = box.search(None, "SUBJECT", '"Roadmap"')
+                    return [box.fetch(n, "(RFC822)")[1][0][1] for n in found[0].split()]
+                time.sleep(0.2)
+            return []
+        finally:
+            box.logout()
+    [invite] = await asyncio.to_thread(invitations)
+    [part] = [p for p in email.message_from_bytes(invite).walk() if p.get_content_type() == "text/calendar"]
+    assert part.get_param("method") == "REQUEST"
+    assert "SUMMARY:Roadmap" in part.get_payload(decode=True).decode()

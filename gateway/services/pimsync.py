@@ -26,17 +26,18 @@ class CollectionState:
     items: dict[str, list] = field(default_factory=dict)  # item id -> [href, ETag sent, or None while owed]
     seq: int = 0
     filter_type: int = 0
+    ghosted: list[str] = field(default_factory=list)  # properties the client does not carry: keep them
 
     def dump(self) -> bytes:
-        return zlib.compress(json.dumps({"v": _VERSION, "i": self.items, "s": self.seq,
-                                         "f": self.filter_type}, separators=(",", ":")).encode())
+        return zlib.compress(json.dumps({"v": _VERSION, "i": self.items, "s": self.seq, "f": self.filter_type,
+                                         "g": self.ghosted}, separators=(",", ":")).encode())
 
     @classmethod
     def load(cls, blob: bytes) -> CollectionState:
         data = json.loads(zlib.decompress(blob))
         if data.get("v") != _VERSION:
             raise ValueError("sync state of another version")
-        return cls(data["i"], data["s"], data.get("f", 0))
+        return cls(data["i"], data["s"], data.get("f", 0), data.get("g", []))
 
     def new_id(self, href: str) -> str:
         self.seq += 1

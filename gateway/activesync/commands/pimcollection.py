@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 from adapters.errors import Conflict, NotFound
 
@@ -71,6 +72,20 @@ def _extra(call: EasCall, klass: PimClass) -> dict:
     return {"owner": call.user.address} if klass.name == "Calendar" else {}
 
 
+def _ghosted(call: EasCall, klass: PimClass, state: CollectionState) -> dict:
+    """What the converter needs to keep the properties a device that sent Supported leaves out of its
+    Changes: the contacts converter takes the fields not listed, the calendar one (before 16.0, when
+    every omitted property is kept anyway) the listed ones."""
+    if not state.ghosted:
+        return {}
+    if klass.name == "Contacts":
+        from ..contact_item import FIELDS
+        return {"ghosted": [name for name in FIELDS if name not in set(state.ghosted)]}
+    if klass.name == "Calendar" and call.version_tuple < (16, 0):
+        return {"supported": list(state.ghosted)}
+    return {}
+
+
 #: Calendar FilterType -> days back (MS-ASCMD 2.2.3.70.1): 4 two weeks, 5 a month, 6 three, 7 six months.
 CALENDAR_DAYS = {4: 14, 5: 30, 6: 90, 7: 180}
 INCOMPLETE_TASKS = 8
@@ -105,7 +120,11 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
     states, user, device = call.ctx.state, call.user.address, call.device.device_id
     if key == "0":
         new_key = first_key()
-        await states.put_sync_state(user, device, collection_id, new_key, CollectionState().dump(), keep=KEEP_STATES)
+        # Supported (sent with the first key only) names the properties the device carries; the others it
+        # leaves out of every Change and they must be kept ("ghosted", MS-ASCMD 2.2.3.168).
+        supported = element.find("Supported")
+        state = CollectionState(ghosted=[c.name for c in supported.children][:200] if supported is not None else [])
+        await states.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
         return _status(collection_id, OK, new_key, klass), True
     blob = await states.get_sync_state(user, device, collection_id, key) if valid_key(key) else None
     if blob is None:
@@ -187,6 +206,11 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
     for command in commands.children:
         sid = command.text_of("ServerId") or ""
         item = item_of(sid, collection_id)
+        # 16.x: a Change or Delete of one occurrence of a recurring calendar item.
+        instance = command.text_of("InstanceId", "AirSyncBase") if folder.klass.name == "Calendar" else None
+        if command.name == "Delete" and instance is not None:
+            responses.extend(await _delete_instance(call, store, folder, sid, item, state, instance))
+            continue
         if command.name == "Add":
             responses.append(await _add(call, store, folder, collection_id, command, state, converter, extra))
         elif command.name == "Change":
@@ -202,7 +226,10 @@ async def _client_commands(call: EasCall, store, folder: PimFolder, collection_i
                 continue  # changed on the server too: the server's version goes to the device as a Change
             data = command.find("ApplicationData") or Element(NS, "ApplicationData")
             try:
-                text = converter.from_application_data(data, call.version, _text(obj), **extra)
+                more = _ghosted(call, folder.klass, state)
+                if instance is not None:
+                    more["instance_id"] = instance
+                text = converter.from_application_data(data, call.version, _text(obj), **extra, **more)
                 text = await _schedule(call, folder, _text(obj), text) or text
                 state.items[item][1] = await store.replace_object(href, text, obj.etag) or ""
             except ItemError as exc:
@@ -270,6 +297,25 @@ async def _schedule(call: EasCall, folder: PimFolder, old: str | None, new: str 
     return text
 
 
+async def _delete_instance(call: EasCall, store, folder: PimFolder, sid: str, item: str | None,
+                           state: CollectionState, instance: str) -> list[Element]:
+    """A 16.x Delete of one occurrence: the series gets an EXDATE (and its attendees a new version)."""
+    from ..calendar_item import delete_instance
+    href = state.href_of(item) if item is not None else None
+    found = await store.fetch_objects(folder.url, [href]) if href else []
+    if not found:
+        return [_response("Delete", sid, NOT_FOUND)]
+    try:
+        text = delete_instance(found[0].ical, instance)
+        text = await _schedule(call, folder, found[0].ical, text) or text
+        state.items[item][1] = await store.replace_object(href, text, found[0].etag) or ""
+    except ItemError:
+        return [_response("Delete", sid, CONVERSION_ERROR)]
+    except (Conflict, NotFound):
+        return []  # changed or gone meanwhile: the next look tells the device
+    return []
+
+
 async def _add(call: EasCall, store, folder: PimFolder, collection_id: str, command: Element,
                state: CollectionState, converter, extra: dict) -> Element:
     client_id = command.text_of("ClientId") or ""
@@ -293,7 +339,13 @@ async def _add(call: EasCall, store, folder: PimFolder, collection_id: str, comm
         obj = await store.put_event(folder.url, text, uid)
     item = state.id_of(obj.href) or state.new_id(obj.href)
     state.items[item][1] = obj.etag or ""
-    return _response("Add", server_id(collection_id, item), OK, client_id)
+    answer = _response("Add", server_id(collection_id, item), OK, client_id)
+    if folder.klass.name == "Calendar" and call.version_tuple >= (16, 0):
+        # 16.x: the device learns the UID the server gave its new item (MS-ASCAL 2.2.2.46).
+        if (uid_line := re.search(r"^UID:(.+?)\r?$", text, re.MULTILINE)) is not None:
+            answer.children.append(Element(NS, "ApplicationData", [Element("Calendar", "UID",
+                                                                            text=uid_line.group(1))]))
+    return answer
 
 
 async def _fetch(call: EasCall, store, folder: PimFolder, collection_id: str, sid: str, item: str | None,
