@@ -112,6 +112,73 @@ class DirectoryConfig:
                                          "name, login, aliases and per-user back-end overrides).")
 
 
+def _ldap_url(v: str) -> str | None:
+    if not v:
+        return None
+    parts = urlsplit(v)
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        return "has a bad port"
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
+        return "must be ldaps://host[:port] or ldap://host[:port] (no path)"
+    return None
+
+
+def _ldap_filter(v: str) -> str | None:
+    ok = "{text}" in v and v.startswith("(") and v.endswith(")") and v.count("(") == v.count(")")
+    return None if ok else "must be an LDAP filter in parentheses containing {text}, e.g. (mail={text}*)"
+
+
+def _gal_attributes(v: dict[str, str]) -> str | None:
+    from adapters.ldap import DEFAULT_ATTRIBUTES
+    bad = [k for k in v if k not in DEFAULT_ATTRIBUTES]
+    return f"{bad[0]}: must be one of {', '.join(DEFAULT_ATTRIBUTES)}" if bad else None
+
+
+@dataclass(frozen=True)
+class GalConfig:
+    """The global address list phones search (Search GAL, ResolveRecipients, Find): the directory's users, plus
+    an LDAP directory and a shared CardDAV address book when configured."""
+
+    cache_ttl: float = _opt(60.0, "Seconds a source's answer to one query is reused.", check=_positive)
+    timeout: float = _opt(5.0, "Seconds one source (LDAP, CardDAV) may take; a slower or failing source is "
+                               "left out of the answer (and not asked again for cache_ttl seconds).",
+                          check=_positive)
+    ldap_url: str = _opt("", "LDAP server: ldaps://host:636 or ldap://host:389 (StartTLS unless ldap_tls = "
+                             "none); empty: no LDAP.", check=_ldap_url)
+    ldap_tls: str = _opt("auto", "auto (from the URL), implicit, starttls or none.",
+                         check=_one_of("auto", "implicit", "starttls", "none"))
+    ldap_ca_file: str = _opt("", "CA bundle for the LDAP server's certificate; empty uses tls.ca_file (or the "
+                                 "system store).")
+    ldap_bind_dn: str = _opt("", "DN the gateway binds as to read the directory; empty binds anonymously.")
+    ldap_password: str = _opt("", "Password of ldap_bind_dn (prefer ldap_password_file).")
+    ldap_password_file: str = _opt("", "File holding the password of ldap_bind_dn (first line).")
+    ldap_base: str = _opt("", "Search base, e.g. ou=people,dc=example,dc=com.")
+    ldap_filter: str = _opt("(&(objectClass=inetOrgPerson)(|(cn={text}*)(givenName={text}*)(sn={text}*)"
+                            "(displayName={text}*)(mail={text}*)(uid={text}*)))",
+                            "Search filter; {text} is replaced by what the user typed, escaped (RFC 4515).",
+                            check=_ldap_filter)
+    ldap_attributes: dict[str, str] = _opt(dict, "LDAP attribute per GAL field, over the inetOrgPerson defaults "
+                                                 "(display_name = \"cn\", email = \"mail\", picture = "
+                                                 "\"jpegPhoto\", certificates = \"userCertificate;binary\"...).",
+                                           factory=True, check=_gal_attributes)
+    ldap_size_limit: int = _opt(500, "Most entries one LDAP search asks for.", check=_positive)
+    carddav_backend: str = _opt("", "CardDAV back end holding a shared address book for the GAL, read with "
+                                    "its service_login; empty: none.")
+    carddav_book: str = _opt("", "That address book: a URL, or a path relative to the back end's url "
+                                 "(e.g. \"shared/gal/\").")
+
+    def __repr__(self) -> str:  # keep the LDAP password out of logs and tracebacks
+        return f"GalConfig(ldap_url={self.ldap_url!r}, carddav_backend={self.carddav_backend!r})"
+
+    def ldap_secret(self, base: "Config") -> str:
+        """The LDAP bind password, read from ldap_password_file when that is set."""
+        if self.ldap_password and self.ldap_password_file:
+            raise ConfigError("gal.ldap_password_file", "set ldap_password or ldap_password_file, not both")
+        return _secret(base, self.ldap_password, self.ldap_password_file, "gal.ldap_password_file")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _opt("info", "Log level.", check=_one_of("debug", "info", "warning", "error"))
@@ -251,6 +318,20 @@ class ActiveSyncConfig:
                                      check=_positive)
     mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
                                          "last request, so the next sync skips the login.", check=_positive)
+    dovecot_push_from: list[str] = _opt(list, "Addresses or networks (CIDR) from which Dovecot's push_notification "
+                                              "plugin may POST to /casgate/dovecot-push, which wakes held Pings "
+                                              "at once instead of after IDLE's half-second delay, e.g. "
+                                              "[\"127.0.0.1\", \"10.0.0.5\"]. Empty: the endpoint does not exist.",
+                                        factory=True, check=_networks)
+    dovecot_push_secret: str = _opt("", "Shared secret Dovecot must send with each notification (Bearer token, "
+                                        "or the password of Basic authentication); empty: the sender's "
+                                        "address alone decides (prefer dovecot_push_secret_file).")
+    dovecot_push_secret_file: str = _opt("", "File holding dovecot_push_secret (first line).")
+
+    def dovecot_push_secret_value(self, base: "Config") -> str:
+        """The notification secret, read from dovecot_push_secret_file when that is set."""
+        return _secret(base, self.dovecot_push_secret, self.dovecot_push_secret_file,
+                       "activesync.dovecot_push_secret_file")
 
 
 ACCESS_LEVELS = ("none", "availability", "limited")
@@ -470,6 +551,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    gal: GalConfig = field(default_factory=GalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     autodiscover: AutodiscoverConfig = field(default_factory=AutodiscoverConfig)

@@ -14,6 +14,7 @@ from gateway.demo.dovecot import Dovecot
 
 # Fixtures that belong to one area live in their own module and are pulled in here.
 from fixtures_dav import *  # noqa: F401,F403
+from fixtures_ldap import *  # noqa: F401,F403
 from fixtures_mailfront import *  # noqa: F401,F403
 from fixtures_smtp import *  # noqa: F401,F403
 from fixtures_state import *  # noqa: F401,F403

@@ -12,6 +12,7 @@ from ...context import GatewayContext
 from ...state import Device
 from ..devices import DeviceRegistry
 from ..folders import FolderMap
+from ...services.gal import Gal
 from ...services.mailsessions import MailSessions
 from ...services.pushhub import PushHub
 from ..request import EasRequest
@@ -38,6 +39,7 @@ class EasServices:
     folders: FolderMap
     push: PushHub
     policy_digest: str = ""
+    gal: Gal | None = None  # None: the directory's users only
 
     @classmethod
     def build(cls, ctx: GatewayContext) -> EasServices:
@@ -45,11 +47,14 @@ class EasServices:
         from ..policy import digest
         mail = MailSessions(ctx.backends, cfg.mail_idle_close)
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),
-                   PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval), digest(cfg.policy))
+                   PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval), digest(cfg.policy),
+                   gal=Gal.from_config(ctx.config, ctx.directory))
 
     async def close(self) -> None:
         self.push.close()
         await self.mail.close()
+        if self.gal is not None:
+            await self.gal.close()
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Find (MS-ASCMD 2.2.1.2, 16.1) in the mailbox: free-text search with compact result properties.
+"""Find (MS-ASCMD 2.2.1.2, 16.1) in the mailbox or the global address list.
 
-The same IMAP search as Search; each result carries what a phone shows in a
-result list (subject, sender, date, recipients, read state, a short preview,
-whether there are attachments) rather than the whole item. GAL criteria are
-answered as not offered until the directory search exists.
+Mailbox: the same IMAP search as Search; each result carries what a phone
+shows in a result list (subject, sender, date, recipients, read state, a short
+preview, whether there are attachments) rather than the whole item.
+GAL: the GAL service's people, each result a Properties of gal: elements (with
+gal:Picture when the Options ask for photos).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..email_item import BodyOptions, BodyPreference, ItemError
 from ..items import application_data, fetch_one, server_id
 from ..wbxml import Element
 from . import EasCall, EasError
+from .gal import MAX_QUERY, SEARCH_LIMIT, gal_of, gal_properties, parse_range, picture_request
 from .search import mailbox_hits
 
 NS = "Find"
@@ -39,7 +41,10 @@ async def run(call: EasCall) -> Element:
     execute = body.find("ExecuteSearch")
     criterion = execute.find("MailBoxSearchCriterion") if execute is not None else None
     if criterion is None:
-        return _answer(INVALID)  # GAL searches are not offered yet
+        gal = execute.find("GalSearchCriterion") if execute is not None else None
+        # The specification spells it GALSearchCriterion; the code page's token decodes as GalSearchCriterion.
+        gal = gal if gal is not None or execute is None else execute.find("GALSearchCriterion")
+        return await _find_gal(call, gal) if gal is not None else _answer(INVALID)
     query = criterion.find("Query")
     text = (query.text_of("FreeText") or "").strip() if query is not None else ""
     if not text or len(text) > 256:
@@ -83,4 +88,25 @@ async def run(call: EasCall) -> Element:
                      Element(NS, "Total", text=str(len(hits)))]
     else:
         response.append(Element(NS, "Total", text="0"))
+    return _answer(OK, *response)
+
+
+async def _find_gal(call: EasCall, criterion: Element) -> Element:
+    query = (criterion.text_of("Query") or "").strip()
+    options = criterion.find("Options")
+    window = parse_range(options.text_of("Range") if options is not None else None)
+    if window is None or not query or len(query) > MAX_QUERY:
+        return _answer(INVALID)
+    try:
+        pictures = picture_request(options, NS)
+    except ValueError:
+        return _answer(INVALID)
+    people = await gal_of(call).search(query, SEARCH_LIMIT)
+    low, high = window
+    page = people[low:high + 1]
+    response = [Element("ItemOperations", "Store", text="GAL"), Element(NS, "Status", text=str(OK))]
+    response += [Element(NS, "Result", [Element(NS, "Properties", gal_properties(p, pictures))]) for p in page]
+    if page:
+        response.append(Element(NS, "Range", text=f"{low}-{low + len(page) - 1}"))
+    response.append(Element(NS, "Total", text=str(len(people))))
     return _answer(OK, *response)

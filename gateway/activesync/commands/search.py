@@ -99,9 +99,9 @@ async def run(call: EasCall) -> Element:
         raise EasError(INVALID, "expected a Search request with a Store")
     name = (store_element.text_of("Name") or "").lower()
     if name == "gal":
-        from .gal import search_gal
+        from .gal import search_gal_store
         return Element(NS, "Search", [Element(NS, "Status", text=str(OK)), Element(NS, "Response", [
-            search_gal(call, store_element)])])
+            await search_gal_store(call, store_element)])])
     if name != "mailbox":
         return _store_status(INVALID)  # document libraries are not offered
     query = store_element.find("Query")
