@@ -23,7 +23,8 @@ _VERSION = 1
 class CollectionState:
     """One client's view of one collection."""
 
-    items: dict[str, list] = field(default_factory=dict)  # item id -> [href, ETag sent, or None while owed]
+    # item id -> [href, ETag sent, or None while owed, or "!" + ETag when the client's filter held it back]
+    items: dict[str, list] = field(default_factory=dict)
     seq: int = 0
     filter_type: int = 0
     ghosted: list[str] = field(default_factory=list)  # properties the client does not carry: keep them
@@ -81,11 +82,13 @@ def look(state: CollectionState, current: dict[str, str]) -> Look:
     for item, (href, etag) in list(state.items.items()):
         known.add(href)
         if href not in current:
-            if etag is None:
+            if etag is None or etag.startswith("!"):
                 del state.items[item]
             else:
                 gone.append(item)
-        elif etag is not None and etag != current[href]:
+        elif etag is not None and etag.startswith("!") and etag[1:] != current[href]:
+            state.items[item][1] = None  # held back by the client's filter, and changed since: look again
+        elif etag is not None and not etag.startswith("!") and etag != current[href]:
             changed.append(item)
     for href in sorted(set(current) - known):
         state.new_id(href)

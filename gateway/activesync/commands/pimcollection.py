@@ -164,6 +164,18 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
     return answer, True
 
 
+def held_back(folder: PimFolder, state: CollectionState, text: str) -> bool:
+    """Whether the device's filter keeps an object from it that the server's query let through: a task
+    another client completed with STATUS or PERCENT-COMPLETE alone, under "incomplete tasks only"."""
+    if folder.klass.name != "Tasks" or state.filter_type != INCOMPLETE_TASKS:
+        return False
+    from ..task_item import incomplete
+    try:
+        return not incomplete(text)
+    except ItemError:
+        return False
+
+
 async def _server_changes(call: EasCall, store, folder: PimFolder, collection_id: str, state: CollectionState,
                           window: int, options: BodyOptions) -> tuple[list[Element], bool]:
     found = look(state, await current_etags(store, folder, state.filter_type))
@@ -190,6 +202,9 @@ async def _server_changes(call: EasCall, store, folder: PimFolder, collection_id
                     del state.items[item]  # never sent, and it cannot be: the device is owed nothing
                 else:
                     state.items[item][1] = obj.etag or ""
+                continue
+            if sent is None and held_back(folder, state, _text(obj)):
+                state.items[item][1] = "!" + (obj.etag or "")  # not for this device unless it changes
                 continue
             kind = "Add" if sent is None else "Change"
             out.append(Element(NS, kind, [Element(NS, "ServerId", text=server_id(collection_id, item)), data]))
