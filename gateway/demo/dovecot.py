@@ -1,4 +1,8 @@
-"""Run a private Dovecot (IMAP with CONDSTORE/QRESYNC, POP3, LMTP with Sieve, ManageSieve) from Debian's packages."""
+"""Run a private Dovecot (IMAP with CONDSTORE/QRESYNC, POP3, LMTP with Sieve, ManageSieve) from Debian's packages.
+
+With ``push_url`` set it also POSTs its push notifications there (the Lua driver of push_notification with
+casgate's script), so the gateway hears of a delivery, APPEND, expunge or flag change within milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..services.dovecot_push import LUA_PLUGINS, LUA_SCRIPT, plugin_settings
 from .procs import free_port, spawn, stop_process, traversable_by, unprivileged_ids, wait_for_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -54,7 +59,7 @@ mail_max_userip_connections = 2000
 mail_attribute_dict =
 protocol lmtp {{
   postmaster_address = postmaster@{domain}
-  mail_plugins = $mail_plugins sieve
+  mail_plugins = $mail_plugins sieve{push_plugins}
 }}
 # Mail that Sieve sends (vacation replies, redirects) goes to a script that keeps each message as a file.
 sendmail_path = {sendmail}
@@ -62,7 +67,10 @@ plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
 }}
 protocol imap {{
-  mail_plugins = $mail_plugins imap_zlib
+  mail_plugins = $mail_plugins imap_zlib{push_plugins}
+}}
+protocol pop3 {{
+  mail_plugins = $mail_plugins{push_plugins}
 }}
 lda_mailbox_autocreate = yes
 {master_passdb}passdb {{
@@ -152,7 +160,7 @@ service imap-login {{
 service pop3-login {{
   chroot =
 }}
-"""
+{push_settings}"""
 
 
 @dataclass
@@ -173,6 +181,9 @@ class Dovecot:
     managesieve_port: int = 0
     mail_dir: Path | None = None
     outbox: Path | None = None  # mail Dovecot itself sends (Sieve vacation replies), one *.eml file each
+    push_url: str = ""  # where to POST push notifications (casgate's /casgate/dovecot-push); empty: none
+    push_secret: str = ""
+    push_ca: Path | None = None  # CA that signed the certificate behind an https push_url
     proc: subprocess.Popen | None = None
 
     @property
@@ -193,6 +204,18 @@ class Dovecot:
         script.write_text(_SENDMAIL.format(outbox=self.outbox))
         script.chmod(0o755)
         return script
+
+    def _push_settings(self, uid: int, gid: int) -> str:
+        """The Lua push hook's settings, its script written where the mail user can read it."""
+        if not self.push_url:
+            return ""
+        base = self.root if traversable_by(self.root, uid, gid) else self.mail_dir
+        assert base is not None
+        script = base / "casgate-push.lua"
+        script.write_text(LUA_SCRIPT)
+        script.chmod(0o644)
+        ca = f"ssl_client_ca_file = {self.push_ca}\n" if self.push_ca else ""
+        return ca + plugin_settings(str(script), self.push_url, self.push_secret)
 
     def _mail_dir(self, uid: int, gid: int) -> Path:
         candidate = self.root / "mail"
@@ -258,7 +281,8 @@ class Dovecot:
             passwd=self.root / "passwd", master_passdb=self._master_passdb(),
             imap_port=self.imap_port, imaps_port=self.imaps_port, pop3_port=self.pop3_port,
             pop3s_port=self.pop3s_port, lmtp_port=self.lmtp_port, managesieve_port=self.managesieve_port,
-            sendmail=sendmail))
+            sendmail=sendmail, push_plugins=f" {LUA_PLUGINS}" if self.push_url else "",
+            push_settings=self._push_settings(uid, gid)))
         with open(self.root / "dovecot.err", "ab") as err:
             self.proc = spawn([DOVECOT, "-F", "-c", str(conf)], err)
         for port in (self.imap_port, self.imaps_port, self.pop3_port, self.lmtp_port, self.managesieve_port):

@@ -102,10 +102,12 @@ def build_app(ctx: GatewayContext) -> web.Application:
     from ..ews.http import register as register_ews
     from ..activesync.http import register as register_activesync
     from .freebusy_url import register as register_freebusy_url
+    from .dovecot_push import register as register_dovecot_push
     register_ews(app)
     register_autodiscover(app)
     autoconfig.register_extra(app)
     mobileconfig.register_extra(app)
     register_freebusy_url(app)
     register_activesync(app)
+    register_dovecot_push(app)
     return app

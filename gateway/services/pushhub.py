@@ -9,6 +9,12 @@ on any node hears a change seen on any other. A waiter gets the
 names of the folders that may have changed; it decides itself whether they
 changed for it (a phone compares with its sync state). Waiting is a coroutine
 on a queue: nothing per waiter but the queue.
+
+Dovecot reports a change to an IDLE client half a second late (its mailbox
+watcher batches changes for 500 ms); when it is set up to POST its push
+notifications to the gateway (``services/dovecot_push.py``), those arrive on
+the bus within milliseconds, on the channel of the user's address or of their
+back-end login, and IDLE is only the fallback.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ class _Watcher:
         self.hub, self.user, self.backend, self.creds, self.client_ip = hub, user, backend, creds, client_ip
         self.waiters: set[_Waiter] = set()
         self.last: dict[str, tuple] = {}
-        self.unsubscribe = None
-        self.tasks = [asyncio.ensure_future(self._idle()), asyncio.ensure_future(self._poll())]
+        self.unsubscribe: list = []
+        self.tasks = [asyncio.ensure_future(self._poll())]
+        if hub.idle:
+            self.tasks.append(asyncio.ensure_future(self._idle()))
 
     def notify(self, folder: str) -> None:
         for waiter in self.waiters:
@@ -62,7 +70,7 @@ class _Watcher:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.hub.poll_interval)
-            folders = {f for w in self.waiters for f in w.folders if f.upper() != "INBOX"}
+            folders = {f for w in self.waiters for f in w.folders if f.upper() != "INBOX" or not self.hub.idle}
             if not folders:
                 continue
             try:
@@ -80,8 +88,8 @@ class _Watcher:
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        if self.unsubscribe is not None:
-            task = asyncio.ensure_future(self.unsubscribe())
+        for unsubscribe in self.unsubscribe:
+            task = asyncio.ensure_future(unsubscribe())
             self.hub.publishing.add(task)
             task.add_done_callback(self.hub.publishing.discard)
 
@@ -90,13 +98,22 @@ def channel(user: str) -> str:
     return "casgate:mail:" + user.lower()
 
 
+def channels(user: UserRecord) -> list[str]:
+    """Where news of the user's mail arrives: their address, and their login when the back end knows them by
+    another name (Dovecot's notifications name the login)."""
+    return sorted({channel(user.address), channel(user.login or user.address)})
+
+
 class PushHub:
     def __init__(self, backends: Backends, mail: MailSessions, bus: Bus | None = None,
-                 poll_interval: float = 30.0) -> None:
+                 poll_interval: float = 30.0, idle: bool = True) -> None:
+        """``idle`` False spares each waiting user's IDLE connection, for back ends whose push notifications
+        reach the bus (Dovecot's); the INBOX is then polled like the other folders."""
         self.backends = backends
         self.mail = mail
         self.bus: Bus = bus if bus is not None else LocalBus()
         self.poll_interval = poll_interval
+        self.idle = idle
         self._watchers: dict[str, _Watcher] = {}
         self.publishing: set[asyncio.Task] = set()
 
@@ -113,7 +130,8 @@ class PushHub:
             if watcher is not None:
                 watcher.stop()
             watcher = self._watchers[user.address] = _Watcher(self, user, backend, creds, client_ip)
-            watcher.unsubscribe = await self.bus.subscribe(channel(user.address), watcher.notify)
+            for name in channels(user):
+                watcher.unsubscribe.append(await self.bus.subscribe(name, watcher.notify))
         waiter = _Waiter(frozenset(folders))
         watcher.waiters.add(waiter)
         try:
