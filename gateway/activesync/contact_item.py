@@ -1,10 +1,10 @@
 """Contacts as ActiveSync items (MS-ASCNTC): a stored vCard to AirSync:ApplicationData, and a device's
 ApplicationData back to the vCard text to store, merged into the previous text on a Change.
 
-Reading takes vCard 2.1, 3.0 and 4.0 (RFC 2426, RFC 6350): folded lines, backslash escapes, 2.1
-quoted-printable values and bare TYPE parameters, base64 and ``data:`` photos, group prefixes and Apple's
-``itemN.X-ABLabel`` labels. An Add is written as vCard 3.0; a Change keeps the previous version (2.1 is
-raised to 3.0, which CardDAV requires).
+Reading takes vCard 2.1, 3.0 and 4.0 (RFC 2426, RFC 6350; the text layer is vcard.py): folded lines,
+backslash escapes, 2.1 quoted-printable values and bare TYPE parameters, base64 and ``data:`` photos,
+group prefixes and Apple's ``itemN.X-ABLabel`` labels. An Add is written as vCard 3.0; a Change keeps the
+previous version (2.1 is raised to 3.0, which CardDAV requires).
 
 Choices made here, where the specifications leave room:
 
@@ -36,12 +36,12 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from .codepages import TOKENS
 from .email_item import BodyOptions, ItemError
 from .pimbody import body_element, body_text, legacy_body
+from .vcard import BAD_CHARS, Card, Prop, escape, parse_vcard, split_value, unescape, upgrade_to_30
 from .wbxml import Element
 
 __all__ = ["to_application_data", "from_application_data", "PICTURE_MAX", "ItemError"]
@@ -49,19 +49,10 @@ __all__ = ["to_application_data", "from_application_data", "PICTURE_MAX", "ItemE
 VERSIONS = {"2.5": (2, 5), "12.0": (12, 0), "12.1": (12, 1), "14.0": (14, 0), "14.1": (14, 1),
             "16.0": (16, 0), "16.1": (16, 1)}
 PICTURE_MAX = 48 * 1024          # MS-ASCNTC 2.2.2.58: base64 characters of a Picture
-MAX_VCARD_CHARS = 8 * 1024 * 1024
 MAX_FIELD_CHARS = 64 * 1024      # one field a device sends (the body goes through pimbody)
-MAX_PROPS = 10_000               # content lines of one vCard
-_MAX_PARAMS = 100                # parameters of one content line
 _NO_YEAR = 1604                  # a leap year, as Apple uses for birthdays without one
 
-_BAD = re.compile("[\x00\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-_NAME = re.compile(r"(?:([A-Za-z0-9-]+)\.)?([A-Za-z0-9-]+)")
-_PARAM_NAME = re.compile(r"[A-Za-z0-9-]*")
-_PARAM_VALUE = re.compile(r'(?:"[^"]*"|[^";:])*')
-_TOKEN = re.compile(r"\\.?|;|,|[^\\;,]+", re.S)
-_UNESCAPE = re.compile(r"\\(.)", re.S)
 _DATE = re.compile(r"([0-9]{4})-?([0-9]{2})-?([0-9]{2})(?:$|T)")
 _NO_YEAR_DATE = re.compile(r"--([0-9]{2})-?([0-9]{2})$")
 _EAS_DATE = re.compile(
@@ -128,193 +119,11 @@ def _version(version: object) -> tuple[int, int]:
     return VERSIONS[version]
 
 
-# --- vCard text ------------------------------------------------------------------------------------------
-
-@dataclass
-class Prop:
-    """One content line: ``params`` as written ((NAME, raw value), None for a bare 2.1 parameter),
-    ``value`` still escaped; ``raw`` is the unfolded line as read and ``source`` its physical lines, written
-    back unchanged when the property is kept."""
-
-    group: str
-    name: str
-    params: list[tuple[str, str | None]] = field(default_factory=list)
-    value: str = ""
-    raw: str | None = None
-    nested: bool = False
-    source: str | None = None
-
-    def param(self, name: str) -> str | None:
-        for key, value in self.params:
-            if key.upper() == name and value is not None:
-                return value.replace('"', "")
-        return None
-
-    def encoding(self) -> str:
-        """QUOTED-PRINTABLE, B, BASE64 or '' (2.1 may write the encoding as a bare parameter)."""
-        for key, value in self.params:
-            if key.upper() == "ENCODING" and value is not None:
-                return value.replace('"', "").strip().upper()
-            if value is None and key.upper() in ("QUOTED-PRINTABLE", "BASE64", "B"):
-                return key.upper()
-        return ""
-
-    def types(self, labels: dict[str, str]) -> set[str]:
-        out = {labels[self.group]} if self.group in labels else set()
-        for key, value in self.params:
-            if value is None:
-                out.add(key.lower())
-            elif key.upper() == "TYPE":
-                out.update(t.strip().lower() for t in value.replace('"', "").split(","))
-        return out
-
-    def render(self) -> str:
-        if self.raw is not None:
-            return self.source if self.source is not None else _fold(self.raw)
-        head = (self.group + "." if self.group else "") + self.name
-        head += "".join(f";{key}" if value is None else f";{key}={value}" for key, value in self.params)
-        return _fold(f"{head}:{self.value}")
-
-
-def _fold(line: str) -> str:
-    """RFC 6350 3.2: lines of at most 75 octets, never cutting a UTF-8 sequence."""
-    data = line.encode("utf-8")
-    if len(data) <= 75:
-        return line
-    out, start, limit = [], 0, 75
-    while start < len(data):
-        end = min(start + limit, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:
-            end -= 1
-        out.append(data[start:end].decode("utf-8"))
-        start, limit = end, 74
-    return "\r\n ".join(out)
-
-
-def _logical_lines(text: str) -> list[tuple[str, list[str]]]:
-    """Unfolded lines with their physical lines; a 2.1 quoted-printable value that ends in '=' continues
-    on the next line."""
-    lines: list[tuple[list[str], list[str]]] = []
-    qp_open = False
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        if qp_open:
-            lines[-1][0][-1] = lines[-1][0][-1][:-1]
-            lines[-1][0].append(line)
-            lines[-1][1].append(line)
-        elif line[:1] in (" ", "\t") and lines:
-            lines[-1][0].append(line[1:])
-            lines[-1][1].append(line)
-        else:
-            lines.append(([line], [line]))
-        last = lines[-1][0][-1]
-        qp_open = last.endswith("=") and "QUOTED-PRINTABLE" in lines[-1][0][0].split(":", 1)[0].upper()
-    return [("".join(parts), physical) for parts, physical in lines if any(part.strip() for part in parts)]
-
-
-def _parse_line(line: str) -> Prop | None:
-    match = _NAME.match(line)
-    if match is None:
-        return None
-    prop = Prop(match.group(1) or "", match.group(2).upper(), raw=line)
-    pos = match.end()
-    while pos < len(line) and line[pos] == ";":
-        if len(prop.params) >= _MAX_PARAMS:
-            return None
-        name = _PARAM_NAME.match(line, pos + 1)
-        pos = name.end()
-        if pos < len(line) and line[pos] == "=":
-            value = _PARAM_VALUE.match(line, pos + 1)
-            prop.params.append((name.group(0), value.group(0)))
-            pos = value.end()
-        elif name.group(0):
-            prop.params.append((name.group(0), None))
-    if pos >= len(line) or line[pos] != ":":
-        return None
-    prop.value = line[pos + 1:]
-    if prop.encoding() == "QUOTED-PRINTABLE":
-        data = binascii.a2b_qp(prop.value.encode("utf-8"))
-        try:
-            text = data.decode(prop.param("CHARSET") or "utf-8", "replace")
-        except LookupError:
-            text = data.decode("utf-8", "replace")
-        prop.value = _BAD.sub("\ufffd", text).replace("\r\n", "\n").replace("\n", "\\n")
-    return prop
-
-
-@dataclass
-class Card:
-    """A parsed vCard: its version ("2.1", "3.0" or "4.0") and its content lines in order."""
-
-    version: str
-    props: list[Prop]
-
-
-def parse_vcard(text: str) -> Card:
-    """The first vCard in ``text``; ItemError when there is none."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", "replace")
-    if not isinstance(text, str):
-        raise ItemError(f"a vCard is text, not {type(text).__name__}")
-    if len(text) > MAX_VCARD_CHARS:
-        raise ItemError(f"vCard of {len(text)} characters is over the {MAX_VCARD_CHARS} limit")
-    text = _BAD.sub(lambda m: "" if m.group(0) == "\x00" else "\ufffd", text)
-    props: list[Prop] = []
-    depth, done = 0, False
-    for line, physical in _logical_lines(text):
-        marker = line.strip().upper()
-        if marker == "BEGIN:VCARD":
-            depth += 1
-            if depth == 1:
-                continue
-        elif marker == "END:VCARD" and depth:
-            depth -= 1
-            if depth == 0:
-                done = True
-                break
-        if depth == 0:
-            continue
-        prop = _parse_line(line)
-        if depth > 1:
-            prop = Prop("", "", raw=line, nested=True)
-        if prop is not None:
-            if len(props) >= MAX_PROPS:
-                raise ItemError(f"vCard has more than {MAX_PROPS} properties")
-            prop.source = "\r\n".join(physical).rstrip("\r\n")
-            props.append(prop)
-    if not done:
-        raise ItemError("no BEGIN:VCARD ... END:VCARD in the text")
-    version = next((p.value.strip() for p in props if p.name == "VERSION"), "3.0")
-    return Card(version if version in ("2.1", "3.0", "4.0") else "3.0", props)
-
-
-def _unescape(value: str) -> str:
-    return _UNESCAPE.sub(lambda m: "\n" if m.group(1) in "nN" else m.group(1) if m.group(1) in "\\,;:"
-                         else "\\" + m.group(1), value)
-
-
-def _escape(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace(",", "\\,").replace(";", "\\;")
-
-
-def _split(value: str, sep: str) -> list[str]:
-    """The unescaped parts of a value split at ``sep`` (';' or ',') where it is not escaped."""
-    parts, current = [], []
-    for token in _TOKEN.findall(value):
-        if token == sep:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(token)
-    parts.append("".join(current))
-    return [_unescape(part) for part in parts]
-
-
 # --- vCard -> field values ---------------------------------------------------------------------------------
 
 def _date(prop: Prop) -> str | None:
     """A vCard date as 'YYYY-MM-DD' or '--MM-DD'; None for what is not a date (4.0 VALUE=text...)."""
-    value = _unescape(prop.value).strip()
+    value = unescape(prop.value).strip()
     match = _DATE.match(value)
     if match:
         year, month, day = (int(g) for g in match.groups())
@@ -362,7 +171,7 @@ def read_fields(card: Card) -> tuple[dict[str, object], dict[str, list[int]]]:
     """The EAS field values of a card and, per unit (see UNITS), the indexes of the properties it owns."""
     values: dict[str, object] = {}
     owners: dict[str, list[int]] = {}
-    labels = {p.group: _LABEL.sub(r"\1", _unescape(p.value)).strip().lower()
+    labels = {p.group: _LABEL.sub(r"\1", unescape(p.value)).strip().lower()
               for p in card.props if p.name == "X-ABLABEL" and p.group}
 
     def claim(unit: str, index: int, **fields: object) -> None:
@@ -374,42 +183,42 @@ def read_fields(card: Card) -> tuple[dict[str, object], dict[str, list[int]]]:
         if prop.nested or not name:
             continue
         if name == "N" and "N" not in owners:
-            parts = _split(prop.value, ";") + [""] * 5
+            parts = split_value(prop.value, ";") + [""] * 5
             claim("N", i, **{f: parts[k].strip() for k, f in enumerate(NAME_FIELDS)})
         elif name == "ORG" and "ORG" not in owners:
-            parts = _split(prop.value, ";") + [""]
+            parts = split_value(prop.value, ";") + [""]
             claim("ORG", i, CompanyName=parts[0].strip(), Department=parts[1].strip())
         elif name == "ADR":
             kind = "Business" if "work" in types else "Home" if "home" in types else "Other"
             if kind + "Address" not in owners:
-                parts = _split(prop.value, ";") + [""] * 7
+                parts = split_value(prop.value, ";") + [""] * 7
                 claim(kind + "Address", i, **{f"{kind}Address{part}": parts[k + 2].strip()
                                               for k, part in enumerate(ADDRESS_PARTS)})
         elif name == "TEL":
             slot = _phone_slot(types, owners)
-            value = _unescape(prop.value).strip()
+            value = unescape(prop.value).strip()
             if slot and value:
                 claim(slot, i, **{slot: value[4:] if value[:4].lower() == "tel:" else value})
         elif name == "EMAIL":
             slot = next((s for s in EMAILS if s not in owners), None)
-            value = _unescape(prop.value).strip()
+            value = unescape(prop.value).strip()
             if slot and value:
                 claim(slot, i, **{slot: value[7:] if value[:7].lower() == "mailto:" else value})
         elif name in _IM_NAMES:
             slot = next((s for s in IMS if s not in owners), None)
-            value = _unescape(prop.value).strip()
+            value = unescape(prop.value).strip()
             for scheme in _IM_SCHEMES:
                 value = value[len(scheme):] if value.lower().startswith(scheme) else value
             if slot and value:
                 claim(slot, i, **{slot: value})
         elif name == "CATEGORIES":
-            found = [c.strip() for c in _split(prop.value, ",") if c.strip()]
+            found = [c.strip() for c in split_value(prop.value, ",") if c.strip()]
             claim("Categories", i, Categories=(*values.get("Categories", ()), *found))  # type: ignore[misc]
         elif name in ("X-CHILD", "X-MS-CHILD", "X-CHILDREN", "X-EVOLUTION-CHILDREN") or (
                 name in ("RELATED", "X-ABRELATEDNAMES") and "child" in types):
             if name == "RELATED" and (prop.param("VALUE") or "").lower() != "text":
                 continue
-            found = [c.strip() for c in _split(prop.value, ",") if c.strip()]
+            found = [c.strip() for c in split_value(prop.value, ",") if c.strip()]
             claim("Children", i, Children=(*values.get("Children", ()), *found))  # type: ignore[misc]
         else:
             slot = _BY_NAME.get(name)
@@ -424,12 +233,12 @@ def read_fields(card: Card) -> tuple[dict[str, object], dict[str, list[int]]]:
             elif slot == "Picture":
                 value = _photo(prop)
             elif slot in ("WebPage", "NickName"):
-                value = (_split(prop.value, ",")[0] if slot == "NickName" else _unescape(prop.value)).strip()
+                value = (split_value(prop.value, ",")[0] if slot == "NickName" else unescape(prop.value)).strip()
             else:
-                value = _unescape(prop.value).strip() if slot != "Body" else _unescape(prop.value)
+                value = unescape(prop.value).strip() if slot != "Body" else unescape(prop.value)
             if value:
                 claim(slot, i, **{slot: value})
-    fn = next((_unescape(p.value).strip() for p in card.props if p.name == "FN" and not p.nested), "")
+    fn = next((unescape(p.value).strip() for p in card.props if p.name == "FN" and not p.nested), "")
     if fn and not any(values.get(f) for f in NAME_FIELDS) and fn != values.get("CompanyName"):
         values["FirstName"] = fn   # a card with only FN: the phone shows a name, and an echo changes nothing
     values["FN"] = fn
@@ -466,7 +275,7 @@ def _address_out(address: str, values: dict[str, object]) -> str:
 
 
 def _wire(text: str) -> str:
-    return _BAD.sub("", text)
+    return BAD_CHARS.sub("", text)
 
 
 def _namespace(name: str) -> str:
@@ -622,51 +431,51 @@ def _photo_prop(old: Prop | None, data: bytes, version: str) -> Prop:
 def _build(unit: str, new: dict[str, object], old: Prop | None, version: str) -> list[Prop]:
     """The properties that carry ``unit`` with the device's values (none when they are empty)."""
     if unit == "N":
-        return [_with(old, "N", ";".join(_escape(str(new.get(f) or "")) for f in NAME_FIELDS))]
+        return [_with(old, "N", ";".join(escape(str(new.get(f) or "")) for f in NAME_FIELDS))]
     if unit == "ORG":
         parts = [str(new.get("CompanyName") or ""), str(new.get("Department") or ""),
-                 *(_split(old.value, ";")[2:] if old else [])]
+                 *(split_value(old.value, ";")[2:] if old else [])]
         while len(parts) > 1 and not parts[-1]:
             parts.pop()
-        return [_with(old, "ORG", ";".join(map(_escape, parts)))] if any(parts) else []
+        return [_with(old, "ORG", ";".join(map(escape, parts)))] if any(parts) else []
     if unit in ("BusinessAddress", "HomeAddress", "OtherAddress"):
-        parts = (_split(old.value, ";") + [""] * 7)[:7] if old else [""] * 7
+        parts = (split_value(old.value, ";") + [""] * 7)[:7] if old else [""] * 7
         parts[2:7] = [str(new.get(unit + part) or "") for part in ADDRESS_PARTS]
         kind = {"BusinessAddress": "work", "HomeAddress": "home", "OtherAddress": "other"}[unit]
-        return [_with(old, "ADR", ";".join(map(_escape, parts)), kind)] if any(parts) else []
+        return [_with(old, "ADR", ";".join(map(escape, parts)), kind)] if any(parts) else []
     value = new.get(unit)
     if not value:
         return []
     if unit in _LISTS:
         items = [str(v) for v in value]  # type: ignore[attr-defined]
         if unit == "Categories":
-            return [_with(old, "CATEGORIES", ",".join(map(_escape, items)))]
+            return [_with(old, "CATEGORIES", ",".join(map(escape, items)))]
         if version == "4.0":
-            return [Prop("", "RELATED", [("TYPE", "child"), ("VALUE", "text")], _escape(c)) for c in items]
-        return [Prop("", "X-CHILD", [], _escape(c)) for c in items]
+            return [Prop("", "RELATED", [("TYPE", "child"), ("VALUE", "text")], escape(c)) for c in items]
+        return [Prop("", "X-CHILD", [], escape(c)) for c in items]
     if unit == "Picture":
         return [_photo_prop(old, value, version)]  # type: ignore[arg-type]
     text = str(value)
     if unit in PHONE_TYPES:
-        return [_with(old, "TEL", _escape(text), PHONE_TYPES[unit], drop=("VALUE",))]
+        return [_with(old, "TEL", escape(text), PHONE_TYPES[unit], drop=("VALUE",))]
     if unit in EMAILS:
-        return [_with(old, "EMAIL", _escape(text), drop=("VALUE",))]
+        return [_with(old, "EMAIL", escape(text), drop=("VALUE",))]
     if unit in IMS:
         if old is not None and old.name == "IMPP" and ":" not in text:
-            scheme = _unescape(old.value).partition(":")
+            scheme = unescape(old.value).partition(":")
             text = scheme[0] + ":" + text if scheme[1] else text
         if old is None:
-            return [Prop("", "IMPP" if ":" in text else "X-MS-IMADDRESS", [], _escape(text))]
-        return [_with(old, old.name if ":" in text or old.name != "IMPP" else "X-MS-IMADDRESS", _escape(text))]
+            return [Prop("", "IMPP" if ":" in text else "X-MS-IMADDRESS", [], escape(text))]
+        return [_with(old, old.name if ":" in text or old.name != "IMPP" else "X-MS-IMADDRESS", escape(text))]
     if unit in ("Birthday", "Anniversary"):
         date, params = _vcard_date(text, version)
         name = "ANNIVERSARY" if unit == "Anniversary" and version == "4.0" else SIMPLE[unit][0]
         return [_with(old, name, date, drop=("VALUE", "X-APPLE-OMIT-YEAR"), params=params)]
     if unit == "Spouse" and version == "4.0" and old is None:
-        return [Prop("", "RELATED", [("TYPE", "spouse"), ("VALUE", "text")], _escape(text))]
+        return [Prop("", "RELATED", [("TYPE", "spouse"), ("VALUE", "text")], escape(text))]
     if unit == "WebPage":
         return [_with(old, "URL", " ".join(text.split()))]
-    return [_with(old, SIMPLE[unit][0], _escape(text))]
+    return [_with(old, SIMPLE[unit][0], escape(text))]
 
 
 def _same(a: object, b: object) -> bool:
@@ -686,7 +495,7 @@ def from_application_data(data: Element, version: str, previous: str | None = No
     body = body_text(data, "Contacts")
     card = Card("3.0", []) if previous is None else parse_vcard(previous)
     if card.version == "2.1":
-        _upgrade(card)
+        upgrade_to_30(card)
     old, owners = read_fields(card)
     new = dict(sent)
     picture = old.get("Picture")
@@ -741,35 +550,13 @@ def _finish(card: Card, props: list[Prop], old: dict[str, object], new: dict[str
         head.append(Prop("", "UID", value=("urn:uuid:" if card.version == "4.0" else "") + str(uuid.uuid4())))
     derived = display_name(new) or str(new.get("FileAs") or "")
     if "FN" not in names:
-        head.append(Prop("", "FN", value=_escape(derived)))
+        head.append(Prop("", "FN", value=escape(derived)))
     elif changed & {"N", "ORG", "Email1Address"} and derived and derived != display_name(old):
         index = next(i for i, p in enumerate(props) if p.name == "FN" and not p.nested)
-        props[index] = _with(props[index], "FN", _escape(derived))
+        props[index] = _with(props[index], "FN", escape(derived))
     if "N" not in names:
         head.append(_build("N", new, None, card.version)[0])
     at = next((i + 1 for i, p in enumerate(props) if p.name == "VERSION"), 0)
     props[at:at] = head
     return "BEGIN:VCARD\r\n" + "".join(p.render() + "\r\n" for p in props) + "END:VCARD\r\n"
 
-
-def _upgrade(card: Card) -> None:
-    """vCard 2.1 raised to 3.0: bare parameters named TYPE, values no longer quoted-printable."""
-    props = []
-    for prop in card.props:
-        if prop.nested:
-            continue
-        encoding = prop.encoding()
-        params: list[tuple[str, str | None]] = []
-        for key, value in prop.params:
-            if key.upper() in ("ENCODING", "CHARSET") or (value is None and key.upper() in (
-                    "QUOTED-PRINTABLE", "BASE64", "B", "8BIT", "7BIT")):
-                continue
-            params.append(("TYPE", key.lower()) if value is None else (key, value))
-        if encoding in ("B", "BASE64"):
-            params.insert(0, ("ENCODING", "b"))
-            prop.value = "".join(prop.value.split())
-        prop.params, prop.raw = params, None
-        if prop.name == "VERSION":
-            prop.value = "3.0"
-        props.append(prop)
-    card.props, card.version = props, "3.0"
