@@ -657,3 +657,12 @@ def test_any_application_data_gives_a_valid_vcard_or_item_error(data: Element, v
     assert decode(encode(element)) == element
     again = from_application_data(element, version, stored)
     assert to_application_data(again, version, PLAIN) == element    # stable after one round
+
+
+def test_a_nested_vcard_does_not_end_the_outer_one() -> None:
+    # Found by hypothesis: the nested card's END:VCARD was read as a property of the outer card.
+    text = "BEGIN:VCARD\r\nBEGIN:VCARD\r\nEND:VCARD\r\nVERSION:2.1\r\nEND:VCARD"
+    element = to_application_data(text, "14.1", PLAIN)
+    stored = from_application_data(element, "14.1", text)
+    assert {"VERSION", "UID", "FN", "N"} <= {p.name for p in parse_vcard(stored).props}
+    assert to_application_data(stored, "14.1", PLAIN) == element

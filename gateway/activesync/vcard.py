@@ -164,6 +164,10 @@ def parse_vcard(text: str) -> Card:
             if depth == 0:
                 done = True
                 break
+            if depth == 1:  # the end of a vCard nested in this one (a 2.1 AGENT): kept as a nested line
+                props.append(Prop("", "", raw=line, nested=True))
+                props[-1].source = line
+                continue
         if depth == 0:
             continue
         prop = _parse_line(line)
