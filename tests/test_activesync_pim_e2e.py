@@ -39,7 +39,8 @@ def pim(workdir, certs, dovecot, radicale, users, submission):
              f'[backends.deaddav]\ntype = "caldav"\nurl = "https://127.0.0.1:{free_port()}/"\ntimeout = 2\n'
              f'[backends.submission]\ntype = "smtp"\nurl = "smtp://127.0.0.1:{submission.port}"\ntls = "starttls"\n'
              '[domains."example.test"]\nimap = "dovecot"\ncaldav = "dav"\ncarddav = "book"\nsmtp = "submission"\n'
-             "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 0.2\n")
+             # The Ping's own look a minute apart: a held Ping must be woken by the push hub's DAV look.
+             "[activesync]\nping_min_heartbeat = 1\nping_check_interval = 60\npush_poll_interval = 1\n")
     write_config(root, config_toml(certs, dovecot, https=https, extra=extra), users_toml([USER]))
     proc = start_gateway(root, [https])
     yield {"port": https, "ca": str(certs.ca_cert), "root": root, "radicale": radicale, "certs": certs,
@@ -396,3 +397,21 @@ async def test_calendar_both_ways_recurrence_exception_and_invitations(pim):
     [part] = [p for p in email.message_from_bytes(invite).walk() if p.get_content_type() == "text/calendar"]
     assert part.get_param("method") == "REQUEST"
     assert "SUMMARY:Roadmap" in part.get_payload(decode=True).decode()
+
+
+async def test_a_held_ping_on_contacts_wakes_when_radicale_changes(pim):
+    c = _client(pim)
+    contacts = _folders_by_type(c)[9][0]
+    await asyncio.to_thread(_sync_all, c, contacts.id)
+    store, stack = await _dav(pim, "card")
+    async with stack:
+        book = (await store.list_address_books())[0].url
+        held = asyncio.ensure_future(asyncio.to_thread(c.ping, contacts.id, folder_class="Contacts", heartbeat=50))
+        await asyncio.sleep(1.5)  # the Ping is held, its watcher has looked once
+        assert not held.done()
+        started = time.monotonic()
+        await store.put_contact(book, f"BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uuid.uuid4()}\r\nFN:Pinged Person\r\n"
+                                      "N:Person;Pinged;;;\r\nEND:VCARD\r\n")
+        result = await asyncio.wait_for(held, 20)
+        assert time.monotonic() - started < 15  # the Ping's own look is 60 s away: the hub woke it
+        assert result.status == "2" and result.changed_folder_ids == [contacts.id]

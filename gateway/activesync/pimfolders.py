@@ -16,7 +16,9 @@ from types import ModuleType
 
 from adapters.interfaces import CalendarInfo
 
-SEP = "\x00"
+from ..services.pimsync import SEP, folder_key, split_key
+
+__all__ = ["PimClass", "PimFolder", "CLASSES", "BY_TYPE", "folder_key", "parse_key", "is_pim", "folders_of", "SEP"]
 DEFAULT_IDS = ("calendar", "contacts")  # the last path segment of the collections the DAV stores make first
 
 
@@ -64,17 +66,10 @@ class PimFolder:
         return self.klass.default_type if self.default else self.klass.user_type
 
 
-def folder_key(klass: str, url: str) -> str:
-    """The FolderMap name of a class's view of a collection."""
-    return f"{SEP}{klass}{SEP}{url}"
-
-
 def parse_key(name: str) -> tuple[PimClass, str] | None:
     """(class, collection URL) of a FolderMap name made by folder_key, None for a mail folder's name."""
-    if not name.startswith(SEP):
-        return None
-    _, klass, url = name.split(SEP, 2) if name.count(SEP) >= 2 else ("", "", "")
-    return (CLASSES[klass], url) if klass in CLASSES and url else None
+    found = split_key(name)
+    return (CLASSES[found[0]], found[1]) if found is not None and found[0] in CLASSES else None
 
 
 def is_pim(name: str) -> bool:

@@ -17,6 +17,26 @@ import zlib
 from dataclasses import dataclass, field
 
 _VERSION = 1
+SEP = "\x00"
+
+
+def folder_key(klass: str, url: str) -> str:
+    """How a front end names one class's view of a DAV collection among a user's folders: NUL, the class
+    (Calendar, Contacts, Tasks, Notes), NUL, the collection URL; no IMAP mailbox name starts with NUL."""
+    return f"{SEP}{klass}{SEP}{url}"
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """(class, collection URL) of a folder_key, None for any other name."""
+    if not name.startswith(SEP) or name.count(SEP) < 2:
+        return None
+    _, klass, url = name.split(SEP, 2)
+    return (klass, url) if klass and url else None
+
+
+def role_of(klass: str) -> str:
+    """The back-end role serving a class's collections."""
+    return "carddav" if klass == "Contacts" else "caldav"
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""The push hub: who is waiting for which mail folder, and one watcher per user that tells them.
+"""The push hub: who is waiting for which folder (mail, calendar, contacts...), and one watcher per user
+that tells them.
 
 A user's watcher starts with the first waiting request and stops when the last
 one leaves. It holds one IMAP connection in IDLE on INBOX (new mail there is
 seen the moment the server reports it) and looks at the user's other watched
-folders' counters (STATUS) every ``poll_interval`` seconds. What a watcher or
+folders' counters (STATUS) every ``poll_interval`` seconds, and at the same pace at the ctags of the
+calendars and address books watched (one PROPFIND per DAV back end). What a watcher or
 a front end sees goes out on the bus (Redis with several nodes), so a waiter
 on any node hears a change seen on any other. A waiter gets the
 names of the folders that may have changed; it decides itself whether they
@@ -32,6 +34,7 @@ from adapters.interfaces import Credentials, UserRecord
 from ..state.bus import Bus, LocalBus
 from .backends import Backends
 from .mailsessions import MailSessions
+from .pimsync import role_of, split_key
 
 log = logging.getLogger("casgate.push")
 
@@ -71,19 +74,55 @@ class _Watcher:
         while True:
             await asyncio.sleep(self.hub.poll_interval)
             folders = {f for w in self.waiters for f in w.folders if f.upper() != "INBOX" or not self.hub.idle}
-            if not folders:
+            dav = {f for f in folders if split_key(f) is not None}
+            await self._look_mail(folders - dav)
+            if dav:
+                await self._look_dav(dav)
+
+    async def _look_mail(self, folders: set[str]) -> None:
+        if not folders:
+            return
+        try:
+            store = await self.hub.mail.store(self.user, self.backend, self.creds, self.client_ip)
+            for folder in folders:
+                status = await store.status(folder)
+                now = (status.uidvalidity, status.highestmodseq, status.uidnext, status.messages)
+                if self.last.get(folder, now) != now:
+                    self.seen(folder)
+                self.last[folder] = now
+        except BackendError as exc:
+            log.info("push poll failed", extra={"event": "push", "user": self.user.address,
+                                                "error": str(exc)[:200]})
+
+    async def _look_dav(self, keys: set[str]) -> None:
+        """Calendars and address books: one PROPFIND per back end gives every collection's ctag (or
+        sync-token); a collection whose tag moved wakes the waiters of every class shown from it."""
+        by_role: dict[str, set[str]] = {}
+        for key in keys:
+            klass, _ = split_key(key) or ("", "")
+            by_role.setdefault(role_of(klass), set()).add(key)
+        for role, wanted in by_role.items():
+            backend = self.user.backends.get(role)
+            if not backend:
                 continue
             try:
-                store = await self.hub.mail.store(self.user, self.backend, self.creds, self.client_ip)
-                for folder in folders:
-                    status = await store.status(folder)
-                    now = (status.uidvalidity, status.highestmodseq, status.uidnext, status.messages)
-                    if self.last.get(folder, now) != now:
-                        self.seen(folder)
-                    self.last[folder] = now
+                if role == "carddav":
+                    store = await self.hub.mail.contacts(self.user, backend, self.creds)
+                    collections = await store.list_address_books()
+                else:
+                    store = await self.hub.mail.calendars(self.user, backend, self.creds)
+                    collections = await store.list_calendars()
             except BackendError as exc:
-                log.info("push poll failed", extra={"event": "push", "user": self.user.address,
+                log.info("push poll failed", extra={"event": "push", "user": self.user.address, "role": role,
                                                     "error": str(exc)[:200]})
+                continue
+            tags = {c.url: c.ctag for c in collections}
+            for key in wanted:
+                url = (split_key(key) or ("", ""))[1]
+                now = ("dav", tags.get(url, "gone"))
+                if self.last.get(key, now) != now:
+                    self.seen(key)
+                self.last[key] = now
 
     def stop(self) -> None:
         for task in self.tasks:
