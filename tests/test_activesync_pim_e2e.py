@@ -415,3 +415,60 @@ async def test_a_held_ping_on_contacts_wakes_when_radicale_changes(pim):
         result = await asyncio.wait_for(held, 20)
         assert time.monotonic() - started < 15  # the Ping's own look is 60 s away: the hub woke it
         assert result.status == "2" and result.changed_folder_ids == [contacts.id]
+
+
+async def test_tasks_and_notes_both_ways(pim):
+    c = _client(pim)
+    by_type = _folders_by_type(c)
+    tasks, notes = by_type[7][0], by_type[10][0]
+    store, stack = await _dav(pim, "cal")
+    async with stack:
+        url = [x for x in await store.list_calendars() if x.url.rstrip("/").endswith("/calendar")][0].url
+        # Phone -> CalDAV: a task due on a date, high importance, with a reminder.
+        key, _ = await asyncio.to_thread(_primed, c, tasks.id)
+        start, due = "2027-04-01T00:00:00.000Z", "2027-04-30T00:00:00.000Z"
+        add = Element("AirSync", "Add", [_leaf("AirSync", "ClientId", "task-1"), Element("AirSync", "ApplicationData", [
+            _leaf("Tasks", "Subject", "File the tax return"), _leaf("Tasks", "Importance", "2"),
+            _leaf("Tasks", "UtcStartDate", start), _leaf("Tasks", "StartDate", start),
+            _leaf("Tasks", "UtcDueDate", due), _leaf("Tasks", "DueDate", due),
+            _leaf("Tasks", "Complete", "0"), _leaf("Tasks", "Sensitivity", "0"),
+            _leaf("Tasks", "ReminderSet", "1"), _leaf("Tasks", "ReminderTime", "2027-04-29T08:00:00.000Z")])])
+        answer = await asyncio.to_thread(_sync, c, tasks.id, key, add)
+        [response] = answer.find("Responses").findall("Add")
+        assert response.text_of("Status") == "1"
+        todos = await store.fetch_objects(url, list(await store.object_etags(url, "VTODO")))
+        [todo] = [t for t in todos if "File the tax return" in t.ical]
+        assert "BEGIN:VTODO" in todo.ical and "PRIORITY:1" in todo.ical and "DUE;VALUE=DATE:20270430" in todo.ical
+        assert "BEGIN:VALARM" in todo.ical
+        # CalDAV completes it; the phone hears a Change with Complete 1.
+        done = todo.ical.replace("END:VTODO", "STATUS:COMPLETED\r\nCOMPLETED:20270402T100000Z\r\nEND:VTODO")
+        await store.replace_object(todo.href, done, todo.etag)
+        change = await asyncio.to_thread(_sync, c, tasks.id, answer.text_of("SyncKey"))
+        [changed] = change.find("Commands").findall("Change")
+        assert changed.text_of("ServerId") == response.text_of("ServerId")
+        assert changed.find("ApplicationData").text_of("Complete", "Tasks") == "1"
+
+        # CalDAV -> phone: a note (VJOURNAL) reaches the Notes folder, and only that folder.
+        note_uid = f"note-{uuid.uuid4()}"
+        await store.put_event(url, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nBEGIN:VJOURNAL\r\n"
+                                   f"UID:{note_uid}\r\nDTSTAMP:20261101T000000Z\r\nSUMMARY:Door code\r\n"
+                                   "DESCRIPTION:4711 then the bell\r\nCATEGORIES:Home\r\nEND:VJOURNAL\r\nEND:VCALENDAR\r\n")
+        key, adds = await asyncio.to_thread(_primed, c, notes.id, [Element("AirSyncBase", "BodyPreference", [
+            _leaf("AirSyncBase", "Type", "1")])])
+        [note] = [a for a in adds if a.find("ApplicationData").text_of("Subject", "Notes") == "Door code"]
+        data = note.find("ApplicationData")
+        assert data.text_of("MessageClass", "Notes") == "IPM.StickyNote"
+        assert data.find("Body", "AirSyncBase").text_of("Data", "AirSyncBase") == "4711 then the bell"
+        assert [x.text for x in data.find("Categories", "Notes").findall("Category", "Notes")] == ["Home"]
+        assert not [a for a in adds
+                    if a.find("ApplicationData").text_of("Subject", "Notes") == "File the tax return"]
+        # Phone -> CalDAV: the note changed on the phone.
+        body = Element("AirSyncBase", "Body", [_leaf("AirSyncBase", "Type", "1"), _leaf("AirSyncBase", "Data", "0815")])
+        edit = Element("AirSync", "Change", [_leaf("AirSync", "ServerId", note.text_of("ServerId")),
+                                             Element("AirSync", "ApplicationData", [
+                                                 _leaf("Notes", "Subject", "Door code (new)"), body,
+                                                 Element("Notes", "Categories", [_leaf("Notes", "Category", "Home")])])])
+        answer = await asyncio.to_thread(_sync, c, notes.id, key, edit)
+        assert answer.find("Responses") is None  # a Change that worked has no response of its own
+        stored = await store.find_uid(url, note_uid, "VJOURNAL")
+        assert "SUMMARY:Door code (new)" in stored.ical and "DESCRIPTION:0815" in stored.ical
