@@ -452,7 +452,8 @@ async def test_tasks_and_notes_both_ways(pim):
         note_uid = f"note-{uuid.uuid4()}"
         await store.put_event(url, "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nBEGIN:VJOURNAL\r\n"
                                    f"UID:{note_uid}\r\nDTSTAMP:20261101T000000Z\r\nSUMMARY:Door code\r\n"
-                                   "DESCRIPTION:4711 then the bell\r\nCATEGORIES:Home\r\nEND:VJOURNAL\r\nEND:VCALENDAR\r\n")
+                                   "DESCRIPTION:4711 then the bell\r\nCATEGORIES:Home\r\nEND:VJOURNAL\r\n"
+                                   "END:VCALENDAR\r\n")
         key, adds = await asyncio.to_thread(_primed, c, notes.id, [Element("AirSyncBase", "BodyPreference", [
             _leaf("AirSyncBase", "Type", "1")])])
         [note] = [a for a in adds if a.find("ApplicationData").text_of("Subject", "Notes") == "Door code"]
@@ -464,10 +465,10 @@ async def test_tasks_and_notes_both_ways(pim):
                     if a.find("ApplicationData").text_of("Subject", "Notes") == "File the tax return"]
         # Phone -> CalDAV: the note changed on the phone.
         body = Element("AirSyncBase", "Body", [_leaf("AirSyncBase", "Type", "1"), _leaf("AirSyncBase", "Data", "0815")])
+        home = Element("Notes", "Categories", [_leaf("Notes", "Category", "Home")])
         edit = Element("AirSync", "Change", [_leaf("AirSync", "ServerId", note.text_of("ServerId")),
                                              Element("AirSync", "ApplicationData", [
-                                                 _leaf("Notes", "Subject", "Door code (new)"), body,
-                                                 Element("Notes", "Categories", [_leaf("Notes", "Category", "Home")])])])
+                                                 _leaf("Notes", "Subject", "Door code (new)"), body, home])])
         answer = await asyncio.to_thread(_sync, c, notes.id, key, edit)
         assert answer.find("Responses") is None  # a Change that worked has no response of its own
         stored = await store.find_uid(url, note_uid, "VJOURNAL")
