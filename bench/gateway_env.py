@@ -28,6 +28,21 @@ def casgate_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
 
 
+def push_receiver_table(secret_file: str) -> str:
+    """casgate.toml's [activesync] table that lets a Dovecot on loopback call /casgate/dovecot-push (its push hook,
+    gateway/services/dovecot_push.py) with the secret kept in ``secret_file``."""
+    return f'\n[activesync]\ndovecot_push_from = ["{HOST}"]\ndovecot_push_secret_file = "{secret_file}"\n'
+
+
+def write_secret(path: Path) -> str:
+    """A new random secret, saved in ``path`` (mode 0600) for the gateway to read, and returned."""
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
 def config_text(ports: dict[str, int], certs: tls.CertPaths, dovecot_imaps_port: int, *, tables: str = "",
                 backends: str = "", routes: str = "", imap_url: str = "", imap_tls: str = "auto") -> str:
     """casgate.toml for a benchmark: the bench Dovecot as IMAP back end, production defaults otherwise.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import email
 import imaplib
 import json
-import os
 import random
+import re
 import shutil
 import signal
 import smtplib
@@ -162,6 +162,32 @@ def test_mail_sent_by_one_user_arrives_for_another(demo):
     typ, msg = m.fetch(hits[0], "(BODY.PEEK[])")
     assert email.message_from_bytes(msg[0][1])["Subject"] == subject
     m.logout()
+
+
+def _push_counts(data) -> dict[str, float]:
+    with urllib.request.urlopen(data["https_url"] + "/metrics", context=_ctx(data), timeout=10) as r:
+        text = r.read().decode()
+    return {result: float(value) for result, value in
+            re.findall(r'^casgate_dovecot_push_notifications_total\{result="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def test_dovecot_tells_the_gateway_of_each_change(demo):
+    """The demo's Dovecot runs the push hook: an APPEND straight into Dovecot is a notification the gateway accepts
+    (with the secret, from loopback) within moments."""
+    _, data, _, _ = demo
+    before = _push_counts(data)
+    m = imaplib.IMAP4_SSL("127.0.0.1", data["backends"]["imap"]["port"], ssl_context=_ctx(data))
+    m.login("carol@example.test", _pw(data, "carol@example.test"))
+    typ, _ = m.append("INBOX", None, None, b"Subject: pushed\r\n\r\nhello\r\n")
+    m.logout()
+    assert typ == "OK"
+    for _ in range(50):
+        after = _push_counts(data)
+        if after.get("accepted", 0) > before.get("accepted", 0):
+            break
+        time.sleep(0.1)
+    assert after.get("accepted", 0) > before.get("accepted", 0)
+    assert after.get("refused", 0) == 0 and after.get("bad", 0) == 0
 
 
 def test_free_busy_of_demo_users_through_ews(demo, monkeypatch):

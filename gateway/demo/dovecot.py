@@ -214,7 +214,13 @@ class Dovecot:
         script = base / "casgate-push.lua"
         script.write_text(LUA_SCRIPT)
         script.chmod(0o644)
-        ca = f"ssl_client_ca_file = {self.push_ca}\n" if self.push_ca else ""
+        ca = ""
+        if self.push_ca:
+            # A copy beside the script: the CA itself may lie in a folder the mail user cannot enter.
+            copy = base / "casgate-push-ca.pem"
+            shutil.copyfile(self.push_ca, copy)
+            copy.chmod(0o644)
+            ca = f"ssl_client_ca_file = {copy}\n"
         return ca + plugin_settings(str(script), self.push_url, self.push_secret)
 
     def _mail_dir(self, uid: int, gid: int) -> Path:

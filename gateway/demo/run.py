@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import config as config_mod
 from .. import tls
 from ..context import open_context
+from ..http.dovecot_push import PATH as PUSH_PATH
 from ..server import Listeners
 from ..services.directory import write_users_file
 from .dovecot import Dovecot
@@ -27,6 +28,7 @@ DEFAULT_PORTS = {"https": 8443, "imaps": 1993, "imap": 1143, "pop3s": 1995, "pop
 
 
 SERVICE_LOGIN = "casgate-freebusy"
+PUSH_SECRET_FILE = "dovecot-push-secret"  # in the state folder; the demo's casgate.toml names it
 
 
 def _secret_file(path: Path, make) -> str:
@@ -50,6 +52,11 @@ def demo_passwords(state_dir: Path) -> dict[str, str]:
 def service_password(state_dir: Path) -> str:
     """The gateway's own CalDAV account (reads every calendar for free/busy), kept beside the users'."""
     return _secret_file(state_dir / "service-password", lambda: secrets.token_urlsafe(18))
+
+
+def push_secret(state_dir: Path) -> str:
+    """The secret the demo's Dovecot sends with each push notification, kept beside the passwords."""
+    return _secret_file(state_dir / PUSH_SECRET_FILE, lambda: secrets.token_urlsafe(18))
 
 
 def write_config(state_dir: Path, ports: dict[str, int], certs: tls.CertPaths, dovecot: Dovecot,
@@ -78,6 +85,11 @@ users_file = "users.toml"
 
 [log]
 format = "text"
+
+# Dovecot's push hook reports each delivery, APPEND and flag change at once (no 500 ms IDLE delay).
+[activesync]
+dovecot_push_from = ["127.0.0.1"]
+dovecot_push_secret_file = "{PUSH_SECRET_FILE}"
 
 [backends.dovecot]
 type = "imap"
@@ -127,7 +139,9 @@ async def run_demo(state_dir: Path, certs_dir: Path, port_base: int = 0, do_seed
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
-        dovecot = Dovecot(state_dir / "dovecot", certs.cert, certs.key, DOMAIN, passwords)
+        dovecot = Dovecot(state_dir / "dovecot", certs.cert, certs.key, DOMAIN, passwords,
+                          push_url=f"https://127.0.0.1:{ports['https']}{PUSH_PATH}", push_ca=certs.ca_cert,
+                          push_secret=push_secret(state_dir))
         dovecot.start()  # from the main thread: the back ends are tied to it (see procs.spawn)
         stack.callback(dovecot.stop)
         radicale = Radicale(state_dir / "radicale", certs.cert, certs.key, passwords,
@@ -139,17 +153,17 @@ async def run_demo(state_dir: Path, certs_dir: Path, port_base: int = 0, do_seed
         await smtp.start()
         stack.push_async_callback(smtp.stop)
         cfg = config_mod.load(write_config(state_dir, ports, certs, dovecot, radicale, smtp.port))
+        ctx = await open_context(cfg, stack)
+        listeners = Listeners(ctx)
+        await listeners.start()
+        stack.push_async_callback(listeners.stop)
         marker = state_dir / "seeded.json"
-        if do_seed and not marker.exists():
+        if do_seed and not marker.exists():  # once the gateway listens, so that Dovecot's hook finds it
             backends_ctx = tls.client_context(certs.ca_cert)
             from adapters.imap import ImapEndpoint
             counts = await seed(ImapEndpoint("127.0.0.1", dovecot.imaps_port, "implicit", backends_ctx),
                                 radicale.url, certs.ca_cert, passwords, DOMAIN)
             marker.write_text(json.dumps(counts))
-        ctx = await open_context(cfg, stack)
-        listeners = Listeners(ctx)
-        await listeners.start()
-        stack.push_async_callback(listeners.stop)
         endpoints = {
             "domain": DOMAIN,
             "https_url": f"https://127.0.0.1:{listeners.bound['https']}",

@@ -29,10 +29,13 @@ def receiver_for(app: web.Application) -> DovecotPush:
     """The app's receiver, made from its context's config."""
     ctx = app[CTX]
     cfg = ctx.config.activesync
-    return DovecotPush(ctx.bus, Senders(cfg.dovecot_push_from, cfg.dovecot_push_secret_value(ctx.config)))
+    return DovecotPush(ctx.bus, Senders(cfg.dovecot_push_from, cfg.dovecot_push_secret_value(ctx.config)),
+                       on_result=lambda result: ctx.metrics.dovecot_push.labels(result).inc())
 
 
 def register(app: web.Application, receiver: DovecotPush | None = None) -> None:
+    if receiver is None and not app[CTX].config.activesync.dovecot_push_from:
+        return  # off: nothing of it is built (an app for EWS tests has no bus)
     receiver = receiver if receiver is not None else receiver_for(app)
     if not receiver.senders.enabled:
         return
