@@ -20,7 +20,8 @@ from bench.harness import BenchError, Options, Progress, check_cpus, machine_inf
 
 #: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
 #: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
-BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync", "eas_peer"]
+BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync", "eas_peer",
+              "eas_ping_scale"]
 
 DESCRIPTION = """\
 Measure casgate against a baseline in the same run and write the results.
@@ -49,7 +50,10 @@ by default; seconds to a minute, once) and times a phone's initial ActiveSync Sy
 no-change Syncs against the same work done with raw IMAP on Dovecot (at most 3 rounds). eas_peer
 sets up, starts and seeds the SOGo ActiveSync peer of ../shared/peers/sogo (Debian packages, loopback
 only, root needed) and runs its bench_eas.py against SOGo and against casgate on the same Dovecot, taking
-turns (at most 3 rounds, 1-2 minutes each, plus a few minutes of package installs on first use)."""
+turns (at most 3 rounds, 1-2 minutes each, plus a few minutes of package installs on first use).
+eas_ping_scale holds --pings ActiveSync Pings (10,000 by default) from --ping-users users (2,000) on one
+gateway, with TLS and with plain HTTP, against a bare aiohttp handler: memory per held Ping, delivery-to-answer
+latency and IMAP commands per user per minute (its own Dovecot; about 6-8 minutes at the defaults)."""
 
 
 def _load(name: str):
@@ -78,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                         "others keep their last results in docs/benchmarks.md")
     p.add_argument("--eas-messages", type=int, default=10_000, metavar="N",
                    help="messages in the INBOX eas_sync syncs, 1-100000 (default: %(default)s)")
+    p.add_argument("--pings", type=int, default=10_000, metavar="N",
+                   help="Pings eas_ping_scale holds at once, 1-15000 (default: %(default)s)")
+    p.add_argument("--ping-users", type=int, default=2_000, metavar="N",
+                   help="users those Pings come from, 1 to --pings (default: %(default)s)")
     p.add_argument("--no-docs", action="store_true",
                    help="print the table only; leave bench/results/ and docs/benchmarks.md alone")
     p.add_argument("--keep-temp", action="store_true",
@@ -92,6 +100,9 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{name} must be between {lo} and {hi} (got {v})")
     if not 1 <= a.eas_messages <= 100_000:
         p.error(f"--eas-messages must be between 1 and 100000 (got {a.eas_messages})")
+    if not 1 <= a.pings <= 15_000 or not 1 <= a.ping_users <= a.pings:
+        p.error(f"--pings must be between 1 and 15000 and --ping-users between 1 and --pings "
+                f"(got {a.pings} and {a.ping_users})")
     if a.server_cpu == a.client_cpu:
         p.error("--server-cpu and --client-cpu must differ, or wrk steals the server's CPU")
 
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 env = start_gateway(stack, opts, progress, keep=a.keep_temp)
                 for name in names:
                     extra = {"messages": a.eas_messages} if name == "eas_sync" else {}
+                    if name == "eas_ping_scale":
+                        extra = {"pings": a.pings, "users": a.ping_users}
                     results[name] = _load(name).run(env, opts, progress, **extra)
             finally:
                 progress.show("stopping every process started for the benchmark")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -44,6 +45,22 @@ def install_event_loop(ssl_read_buffer: int = 16384) -> str:
     return "uvloop"
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: each held connection (a phone's Ping lasts up to an
+    hour) is a file, and the usual soft limit of 1,024 would refuse connections long before memory runs out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit", extra={"event": "limits", "soft": soft, "hard": hard,
+                                                                    "error": str(exc)})
+            return soft
+        log.info("open files limit raised", extra={"event": "limits", "was": soft, "now": hard})
+        return hard
+    return soft
+
+
 @dataclass
 class Listeners:
     """The gateway's open sockets."""
@@ -58,6 +75,7 @@ class Listeners:
     async def start(self) -> None:
         cfg = self.ctx.config.server
         host = cfg.listen
+        raise_open_files_limit()
         try:
             self.runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False,
                                         shutdown_timeout=cfg.shutdown_grace)

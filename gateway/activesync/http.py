@@ -126,6 +126,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         refused = _refusal(device, req.policy_key, cfg.require_provisioning and command.needs_policy,
                            services.policy_digest)
         call = EasCall(services, req, user, creds, device, req.version, body, raw, client_ip(request))
+        raw = body = None  # only the call holds the request now, so a held Ping can let it go
         if refused is not None:
             result = f"refused-{refused[0]}"
             return _status_or_http(request, call, *refused)
