@@ -316,6 +316,10 @@ class ActiveSyncConfig:
     push_poll_interval: float = _opt(15.0, "Seconds between the push hub's looks (STATUS) at a user's watched "
                                            "folders other than INBOX, which it watches with IDLE.",
                                      check=_positive)
+    push_idle: bool = _opt(True, "Keep each waiting user's INBOX in IMAP IDLE. Set it to false when Dovecot's "
+                                 "push notifications reach the gateway (dovecot_push_from): they report every "
+                                 "change at once, and each waiting user then costs one back-end connection "
+                                 "less (the INBOX is still looked at every push_poll_interval).")
     mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
                                          "last request, so the next sync skips the login.", check=_positive)
     dovecot_push_from: list[str] = _opt(list, "Addresses or networks (CIDR) from which Dovecot's push_notification "

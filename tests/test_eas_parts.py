@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +170,18 @@ def test_rebase_and_diff():
     rebase(state, current)
     assert state.pending == [10, 8]
     assert diff(state, current) == ([3], [2])
+
+
+async def test_two_first_foldersyncs_at_once_agree_on_ids(tmp_path):
+    # Two phones of one user listing the folders for the first time at the same moment (seen in the
+    # Ping scale bench): each must see the other's ids, not a map the other overwrote.
+    store = open_store("sqlite", path=str(tmp_path / "s.db"), purge_interval=None)
+    await store.start()
+    try:
+        folders = FolderMap(store)
+        first, second = await asyncio.gather(folders.assign("u@x", ["INBOX", "Sent", "Work"]),
+                                             folders.assign("u@x", ["INBOX", "Sent", "Work"]))
+        assert first == second
+        assert {n: await folders.id_of("u@x", n) for n in first} == first
+    finally:
+        await store.close()

@@ -9,6 +9,7 @@ made again under the same name is a new folder, as on Exchange).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -87,6 +88,15 @@ class FolderMap:
     def __init__(self, state: StateStore) -> None:
         self.state = state
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
+        # Changes are read-modify-write of one record per user: two phones of one user doing their first
+        # FolderSync at once must not each write a map without the other's new ids.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, user: str) -> asyncio.Lock:
+        lock = self._locks.get(user)
+        if lock is None:
+            lock = self._locks[user] = asyncio.Lock()
+        return lock
 
     async def _load(self, user: str, fresh: bool = False) -> dict[str, str]:
         hit = self._cache.get(user)
@@ -105,6 +115,10 @@ class FolderMap:
         """Ids for exactly these folders (the current list): new ones get fresh ids, missing ones lose theirs.
         With ``mail_only`` the list is of mail folders only, and the DAV folders' ids (keys starting with
         NUL, see pimfolders.py) are kept as they are."""
+        async with self._lock(user):
+            return await self._assign(user, names, mail_only)
+
+    async def _assign(self, user: str, names: list[str], mail_only: bool) -> dict[str, str]:
         ids = dict(await self._load(user, fresh=True))
         if mail_only:
             names = list(names) + [n for n in ids if n.startswith("\x00")]
@@ -138,6 +152,10 @@ class FolderMap:
 
     async def rename(self, user: str, old: str, new: str, delimiter: str) -> None:
         """Carry ids over an IMAP rename (children move with their parent)."""
+        async with self._lock(user):
+            await self._rename(user, old, new, delimiter)
+
+    async def _rename(self, user: str, old: str, new: str, delimiter: str) -> None:
         ids = dict(await self._load(user, fresh=True))
         for name in list(ids):
             if name == old or name.startswith(old + delimiter):

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from adapters.errors import BackendError
 from adapters.imap.idle import watch
@@ -39,16 +38,41 @@ from .pimsync import role_of, split_key
 log = logging.getLogger("casgate.push")
 
 
-@dataclass(eq=False)
-class _Waiter:
-    folders: frozenset[str]
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+class Inbox:
+    """What one waiter is told, in order: a queue with nothing in it until it is used (an asyncio.Queue
+    costs about 2 KB, and thousands of these are held at once)."""
+
+    __slots__ = ("folders", "_items", "_wake")
+
+    def __init__(self, folders: frozenset[str]) -> None:
+        self.folders = folders
+        self._items: list | None = None
+        self._wake: asyncio.Future | None = None
+
+    def put_nowait(self, item: object) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.append(item)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
 
 
 class _Watcher:
     def __init__(self, hub: PushHub, user: UserRecord, backend: str, creds: Credentials, client_ip: str) -> None:
         self.hub, self.user, self.backend, self.creds, self.client_ip = hub, user, backend, creds, client_ip
-        self.waiters: set[_Waiter] = set()
+        self.waiters: set[Inbox] = set()
         self.last: dict[str, tuple] = {}
         self.unsubscribe: list = []
         self.tasks = [asyncio.ensure_future(self._poll())]
@@ -58,7 +82,7 @@ class _Watcher:
     def notify(self, folder: str) -> None:
         for waiter in self.waiters:
             if folder in waiter.folders:
-                waiter.queue.put_nowait(folder)
+                waiter.put_nowait(folder)
 
     def seen(self, folder: str) -> None:
         """A change this node saw: tell every node (this one through the bus as well)."""
@@ -162,7 +186,7 @@ class PushHub:
 
     @contextlib.asynccontextmanager
     async def waiting(self, user: UserRecord, backend: str, creds: Credentials, client_ip: str,
-                      folders: set[str]) -> AsyncIterator[asyncio.Queue]:
+                      folders: set[str]) -> AsyncIterator[Inbox]:
         """A queue that receives the name of each of ``folders`` the user's watcher sees change."""
         watcher = self._watchers.get(user.address)
         if watcher is None or watcher.creds != creds:
@@ -171,10 +195,10 @@ class PushHub:
             watcher = self._watchers[user.address] = _Watcher(self, user, backend, creds, client_ip)
             for name in channels(user):
                 watcher.unsubscribe.append(await self.bus.subscribe(name, watcher.notify))
-        waiter = _Waiter(frozenset(folders))
+        waiter = Inbox(frozenset(folders))
         watcher.waiters.add(waiter)
         try:
-            yield waiter.queue
+            yield waiter
         finally:
             watcher.waiters.discard(waiter)
             if not watcher.waiters and self._watchers.get(user.address) is watcher:

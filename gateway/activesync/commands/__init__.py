@@ -46,9 +46,9 @@ class EasServices:
         cfg = ctx.config.activesync
         from ..policy import digest
         mail = MailSessions(ctx.backends, cfg.mail_idle_close)
+        push = PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval, cfg.push_idle)
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),
-                   PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval), digest(cfg.policy),
-                   gal=Gal.from_config(ctx.config, ctx.directory))
+                   push, digest(cfg.policy), gal=Gal.from_config(ctx.config, ctx.directory))
 
     async def close(self) -> None:
         self.push.close()

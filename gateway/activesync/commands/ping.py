@@ -26,13 +26,14 @@ from ..pimfolders import parse_key
 from .foldersync import known_folders
 from .pimcollection import pending_count
 from ...services.mailsync import FolderState
+from ...services.pushhub import Inbox
 
 NS = "Ping"
 # Ping status (MS-ASCMD 2.2.3.177.11).
 EXPIRED, CHANGED, MISSING, SYNTAX, BAD_HEARTBEAT, TOO_MANY, HIERARCHY, SERVER_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 _SAVED = "eas-ping"
 _SHARE = 2.0  # seconds a periodic look's STATUS serves the user's other phones looking on the same beat
-_held: dict[tuple[str, str], asyncio.Queue] = {}
+_held: dict[tuple[str, str], Inbox] = {}
 _looks: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
 
 
@@ -99,7 +100,7 @@ async def _asked(call: EasCall) -> tuple[int | None, list[str] | None] | Element
     return heartbeat, folders
 
 
-async def _hold(call: EasCall, queue: asyncio.Queue, folders: list[str], heartbeat: int, every: float) -> Element:
+async def _hold(call: EasCall, queue: Inbox, folders: list[str], heartbeat: int, every: float) -> Element:
     deadline = time.monotonic() + heartbeat
     # The user's beat: every `every` seconds at a phase of its own, so that the user's phones look together
     # while users stay spread out.
