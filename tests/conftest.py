@@ -36,6 +36,8 @@ USERS = {
     # ActiveSync tests: one mailbox for the windows and counts, one for changes both ways.
     "phone@example.test": "phone-secret-6",
     "tablet@example.test": "tablet-secret-7",
+    # The other side of the ActiveSync meeting tests' invitations and replies.
+    "organizer@example.test": "organizer-secret-8",
 }
 
 

@@ -185,7 +185,7 @@ def _inbox_items(c: Client):
 
 
 async def test_meeting_request_response_round_trip(pim):
-    organizer = "phone@example.test"
+    organizer = "organizer@example.test"
     uid = f"meeting-{uuid.uuid4()}@example.test"
     m = await asyncio.to_thread(_imap, pim, USER)
     try:
@@ -356,7 +356,7 @@ async def test_calendar_both_ways_recurrence_exception_and_invitations(pim):
         assert data.text_of("Timezone", "Calendar")
 
         # Phone -> CalDAV: a 16.1 meeting with an attendee; the attendee is invited by iMIP.
-        guest = "phone@example.test"
+        guest = "organizer@example.test"
         add = Element("AirSync", "Add", [_leaf("AirSync", "ClientId", "new-meeting-1"), Element(
             "AirSync", "ApplicationData", [
                 _leaf("Calendar", "Timezone", data.text_of("Timezone", "Calendar")),

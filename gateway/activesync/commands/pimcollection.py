@@ -25,6 +25,7 @@ from ..folders import first_key, next_key, valid_key
 from ..pimfolders import PimClass, PimFolder
 from ..wbxml import Element
 from . import EasCall, EasError
+from .syncanswer import collection_answer, collection_status
 
 log = logging.getLogger("casgate.activesync")
 NS = "AirSync"
@@ -32,13 +33,6 @@ KEEP_STATES = 3
 _INVITED_NS = "eas-invited"
 _INVITED_TTL = 3 * 86400.0
 OK, PROTOCOL_ERROR, INVALID_KEY, CONVERSION_ERROR, NOT_FOUND = 1, 4, 3, 6, 8
-
-
-def _status(collection_id: str, status: int, key: str | None, klass: str | None) -> Element:
-    children = [Element(NS, "Class", text=klass)] if klass else []
-    children += [Element(NS, "SyncKey", text=key or "0"), Element(NS, "CollectionId", text=collection_id),
-                 Element(NS, "Status", text=str(status))]
-    return Element(NS, "Collection", children)
 
 
 def _response(kind: str, server_id: str, status: int, client_id: str | None = None) -> Element:
@@ -110,9 +104,9 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
     klass = element.text_of("Class")
     key = element.text_of("SyncKey")
     if key is None:
-        return _status(collection_id, PROTOCOL_ERROR, key, klass), True
+        return collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     if klass is not None and klass != folder.klass.name:
-        return _status(collection_id, PROTOCOL_ERROR, key, klass), True
+        return collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     try:
         options = parse_options(element.find("Options"), call.version)
     except ItemError as exc:
@@ -125,10 +119,10 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
         supported = element.find("Supported")
         state = CollectionState(ghosted=[c.name for c in supported.children][:200] if supported is not None else [])
         await states.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
-        return _status(collection_id, OK, new_key, klass), True
+        return collection_status(collection_id, OK, new_key, klass), True
     blob = await states.get_sync_state(user, device, collection_id, key) if valid_key(key) else None
     if blob is None:
-        return _status(collection_id, INVALID_KEY, "0", klass), True
+        return collection_status(collection_id, INVALID_KEY, "0", klass), True
     state = CollectionState.load(blob)
     store = await store_for(call, folder.klass)
     options_element = element.find("Options")
@@ -149,19 +143,12 @@ async def collection(call: EasCall, element: Element, folder: PimFolder, collect
         items, more = await _server_changes(call, store, folder, collection_id, state, window, options)
     if not items and not responses and not more and commands is None:
         await states.put_sync_state(user, device, collection_id, key, state.dump(), keep=KEEP_STATES)
-        return _status(collection_id, OK, key, klass), False
+        return collection_status(collection_id, OK, key, klass), False
     new_key = next_key(key)
     await states.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
     if commands is not None:
         await call.services.push.changed(user, folder.key)  # the user's other devices, any node
-    answer = _status(collection_id, OK, new_key, klass)
-    if more:
-        answer.children.append(Element(NS, "MoreAvailable"))
-    if items:
-        answer.children.append(Element(NS, "Commands", items))
-    if responses:
-        answer.children.append(Element(NS, "Responses", responses))
-    return answer, True
+    return collection_answer(collection_id, OK, new_key, klass, more, items, responses), True
 
 
 def held_back(folder: PimFolder, state: CollectionState, text: str) -> bool:

@@ -28,6 +28,7 @@ from ..items import application_data, fetch_one, server_id, uid_of
 from ..pimfolders import PimFolder, parse_key
 from ..wbxml import Element
 from . import EasCall, EasError, pimcollection
+from .syncanswer import collection_answer, collection_status
 
 log = logging.getLogger("casgate.activesync")
 NS = "AirSync"
@@ -38,13 +39,6 @@ OK, PROTOCOL_ERROR, INVALID_KEY, SERVER_ERROR, CONVERSION_ERROR, CONFLICT, NOT_F
 FOLDER_HIERARCHY_CHANGED, BAD_REQUEST_EMPTY, INVALID_HEARTBEAT = 12, 13, 14
 # FilterType -> days back (MS-ASCMD 2.2.3.70.1); 0 and 8 (incomplete tasks) mean no limit for mail.
 FILTER_DAYS = {0: None, 1: 1, 2: 3, 3: 7, 4: 14, 5: 30}
-
-
-def _collection_status(collection_id: str, status: int, key: str | None, klass: str | None) -> Element:
-    children = [Element(NS, "Class", text=klass)] if klass else []
-    children += [Element(NS, "SyncKey", text=key or "0"), Element(NS, "CollectionId", text=collection_id),
-                 Element(NS, "Status", text=str(status))]
-    return Element(NS, "Collection", children)
 
 
 def _int(element: Element | None, name: str, default: int, low: int, high: int) -> int:
@@ -130,15 +124,15 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     key = collection.text_of("SyncKey")
     klass = collection.text_of("Class")
     if key is None or not collection_id:
-        return _collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
+        return collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     folder = await call.services.folders.name_of(call.user.address, collection_id)
     if folder is None:
-        return _collection_status(collection_id, FOLDER_HIERARCHY_CHANGED, key, klass), True
+        return collection_status(collection_id, FOLDER_HIERARCHY_CHANGED, key, klass), True
     window = min(_int(collection, "WindowSize", default_window, 1, 512), call.ctx.config.activesync.max_window_size)
     if (pim := parse_key(folder)) is not None:
         return await pimcollection.collection(call, collection, PimFolder(*pim, name=""), collection_id, window)
     if klass not in (None, "Email"):
-        return _collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
+        return collection_status(collection_id, PROTOCOL_ERROR, key, klass), True
     options = collection.find("Options")
     filter_type = _int(options, "FilterType", 0, 0, 8)
     try:
@@ -153,11 +147,11 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
         state = await start(store, folder, FILTER_DAYS.get(filter_type), filter_type)
         new_key = first_key()
         await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
-        return _collection_status(collection_id, OK, new_key, klass), True
+        return collection_status(collection_id, OK, new_key, klass), True
 
     blob = await state_store.get_sync_state(user, device, collection_id, key) if valid_key(key) else None
     if blob is None:
-        return _collection_status(collection_id, INVALID_KEY, "0", klass), True
+        return collection_status(collection_id, INVALID_KEY, "0", klass), True
     state = FolderState.load(blob)
     commands = collection.find("Commands")
     get_changes = collection.find("GetChanges")
@@ -167,7 +161,7 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     status = await store.status(folder)
     if status.uidvalidity != state.uidvalidity:
         # Every UID the device holds is void: it must start this folder afresh.
-        return _collection_status(collection_id, INVALID_KEY, "0", klass), True
+        return collection_status(collection_id, INVALID_KEY, "0", klass), True
     if filter_type != state.filter_type:
         state.filter_type = filter_type
         state.marks = (None, 0, -1)  # force a fresh listing below, with the new window
@@ -196,17 +190,10 @@ async def _collection(call: EasCall, collection: Element, default_window: int) -
     if not items and not responses and not more and commands is None:
         if current is not None:  # listed, and nothing changed: remember the counters, keep the key
             await state_store.put_sync_state(user, device, collection_id, key, state.dump(), keep=KEEP_STATES)
-        return _collection_status(collection_id, OK, key, klass), False
+        return collection_status(collection_id, OK, key, klass), False
     new_key = next_key(key)
     await state_store.put_sync_state(user, device, collection_id, new_key, state.dump(), keep=KEEP_STATES)
-    answer = _collection_status(collection_id, OK, new_key, klass)
-    if more:
-        answer.children.append(Element(NS, "MoreAvailable"))
-    if items:
-        answer.children.append(Element(NS, "Commands", items))
-    if responses:
-        answer.children.append(Element(NS, "Responses", responses))
-    return answer, True  # a new key must reach the device
+    return collection_answer(collection_id, OK, new_key, klass, more, items, responses), True  # a new key
 
 
 async def note_move(call: EasCall, source_id: str, uid: int, dest_id: str, new_uid: int,
