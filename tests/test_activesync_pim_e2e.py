@@ -473,3 +473,27 @@ async def test_tasks_and_notes_both_ways(pim):
         assert answer.find("Responses") is None  # a Change that worked has no response of its own
         stored = await store.find_uid(url, note_uid, "VJOURNAL")
         assert "SUMMARY:Door code (new)" in stored.ical and "DESCRIPTION:0815" in stored.ical
+
+
+async def test_moving_a_contact_to_another_address_book(pim):
+    from pyactivesync import FolderType
+    c = _client(pim)
+    contacts = _folders_by_type(c)[9][0]
+    club = await asyncio.to_thread(c.create_folder, f"Club {uuid.uuid4().hex[:6]}", type=FolderType(14))
+    key, _, _, _ = await asyncio.to_thread(_sync_all, c, contacts.id)
+    club_key, _, _, _ = await asyncio.to_thread(_sync_all, c, club.id)
+    added = await asyncio.to_thread(c.create_contact, contacts.id, key,
+                                    Contact(first_name="Moving", last_name="Member"))
+    new_id = await asyncio.to_thread(c.move_item, added.server_id, contacts.id, club.id)
+    assert new_id.startswith(club.id + ":")
+    store, stack = await _dav(pim, "card")
+    async with stack:
+        books = {b.name: b.url for b in await store.list_address_books()}
+        moved = [x for x in await store.contacts(books[club.name]) if "Member" in x.vcard]
+        assert len(moved) == 1
+        assert not [x for x in await store.contacts(books["Contacts"]) if "FN:Moving Member" in x.vcard]
+    # Neither folder sends the move back to the phone that made it.
+    _, adds, changes, deletes = await asyncio.to_thread(_sync_all, c, contacts.id, added.sync_key)
+    assert not [i for i in adds + changes if i.fields.get("Contacts.LastName") == "Member"] and not deletes
+    _, adds, _, _ = await asyncio.to_thread(_sync_all, c, club.id, club_key)
+    assert adds == []

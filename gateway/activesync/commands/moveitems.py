@@ -12,6 +12,8 @@ from adapters.errors import BackendError, NotFound
 from ..wbxml import Element
 from . import EasCall, EasError
 from ..items import server_id, uid_of
+from ..pimfolders import is_pim, parse_key
+from .pimcollection import move_item
 from .sync import note_move
 
 NS = "Move"
@@ -37,12 +39,15 @@ async def run(call: EasCall) -> Element:
         source_item = move.text_of("SrcMsgId") or ""
         source_id, dest_id = move.text_of("SrcFldId") or "", move.text_of("DstFldId") or ""
         source = await folders.name_of(call.user.address, source_id)
+        if source is not None and (pim := parse_key(source)) is not None:
+            out.append(await _move_pim(call, pim, source_id, source_item, dest_id))
+            continue
         uid = uid_of(source_item, source_id)
         if source is None or uid is None:
             out.append(_response(source_item, BAD_SOURCE))
             continue
         dest = await folders.name_of(call.user.address, dest_id)
-        if dest is None:
+        if dest is None or is_pim(dest):
             out.append(_response(source_item, BAD_DESTINATION))
             continue
         if dest == source:
@@ -67,3 +72,18 @@ async def run(call: EasCall) -> Element:
             await call.services.push.changed(call.user.address, changed)
         out.append(_response(source_item, OK, server_id(dest_id, new_uid)))
     return Element(NS, "MoveItems", out)
+
+
+async def _move_pim(call: EasCall, source: tuple, source_id: str, item: str, dest_id: str) -> Element:
+    """A contact, event, task or note moved to another folder of its class."""
+    dest = await call.services.folders.name_of(call.user.address, dest_id)
+    target = parse_key(dest) if dest is not None else None
+    if target is None or target[0] is not source[0]:
+        return _response(item, BAD_DESTINATION)
+    if target[1] == source[1]:
+        return _response(item, SAME_FOLDER)
+    try:
+        moved = await move_item(call, source, source_id, item, target, dest_id)
+    except BackendError:
+        return _response(item, FAILED)
+    return _response(item, OK, moved) if moved is not None else _response(item, BAD_SOURCE)

@@ -22,7 +22,7 @@ from adapters.errors import Conflict, NotFound
 from ...services.pimsync import CollectionState, client_uid, look
 from ..email_item import BodyOptions, ItemError, parse_options
 from ..folders import first_key, next_key, valid_key
-from ..pimfolders import PimClass, PimFolder
+from ..pimfolders import PimClass, PimFolder, folder_key
 from ..wbxml import Element
 from . import EasCall, EasError
 from .syncanswer import collection_answer, collection_status
@@ -384,3 +384,44 @@ async def fetch_item(call: EasCall, klass: PimClass, url: str, collection_id: st
     if not found:
         return None
     return klass.converter().to_application_data(_text(found[0]), call.version, options, **_extra(call, klass))
+
+
+async def move_item(call: EasCall, source: tuple[PimClass, str], source_id: str, sid: str,
+                    dest: tuple[PimClass, str], dest_id: str) -> str | None:
+    """Move one contact, event, task or note to another collection of the same class (MoveItems): written
+    there, then deleted here; both of the device's states learn it, so neither side is sent back. The new
+    ServerId, or None when the item is not the device's or the classes differ."""
+    if source[0] is not dest[0]:
+        return None
+    states, user, device = call.ctx.state, call.user.address, call.device.device_id
+    latest = await states.latest_sync_state(user, device, source_id)
+    item = item_of(sid, source_id)
+    state = CollectionState.load(latest.blob) if latest is not None else None
+    href = state.href_of(item) if state is not None and item is not None else None
+    if href is None:
+        return None
+    store = await store_for(call, source[0])
+    found = await store.fetch_objects(source[1], [href])
+    if not found:
+        return None
+    text = _text(found[0])
+    name = href.rstrip("/").rsplit("/", 1)[-1]
+    target = dest[1].rstrip("/") + "/" + name
+    try:
+        etag = await store.replace_object(target, text, None)
+    except Conflict:  # moved there already (a retry whose answer was lost): that copy is ours
+        etag = next((o.etag or "" for o in await store.fetch_objects(dest[1], [target])), "")
+    await store.delete_object(href)
+    del state.items[item]
+    await states.put_sync_state(user, device, source_id, latest.sync_key, state.dump(), keep=KEEP_STATES)
+    new_sid = ""
+    if (dest_latest := await states.latest_sync_state(user, device, dest_id)) is not None:
+        dest_state = CollectionState.load(dest_latest.blob)
+        new_item = dest_state.id_of(target) or dest_state.new_id(target)
+        dest_state.items[new_item][1] = etag
+        await states.put_sync_state(user, device, dest_id, dest_latest.sync_key, dest_state.dump(),
+                                    keep=KEEP_STATES)
+        new_sid = server_id(dest_id, new_item)
+    for key in (source, dest):
+        await call.services.push.changed(user, folder_key(key[0].name, key[1]))
+    return new_sid or server_id(dest_id, "0")
