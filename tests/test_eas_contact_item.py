@@ -666,3 +666,14 @@ def test_a_nested_vcard_does_not_end_the_outer_one() -> None:
     stored = from_application_data(element, "14.1", text)
     assert {"VERSION", "UID", "FN", "N"} <= {p.name for p in parse_vcard(stored).props}
     assert to_application_data(stored, "14.1", PLAIN) == element
+
+
+
+def test_an_email_line_without_an_address_is_not_sent() -> None:
+    # Found by hypothesis: "EMAIL:<>" went out as Email1Address "<>" and a Change read it back as empty.
+    text = "BEGIN:VCARD\r\nEMAIL:<>\r\nEND:VCARD"
+    for version in ("2.5", "16.1"):
+        element = to_application_data(text, version, PLAIN)
+        assert element.find("Email1Address", "Contacts") is None
+        stored = from_application_data(element, version, text)
+        assert "EMAIL:<>" in stored and to_application_data(stored, version, PLAIN) == element

@@ -202,7 +202,7 @@ def read_fields(card: Card) -> tuple[dict[str, object], dict[str, list[int]]]:
         elif name == "EMAIL":
             slot = next((s for s in EMAILS if s not in owners), None)
             value = unescape(prop.value).strip()
-            if slot and value:
+            if slot and value and _address_in(value):  # "<>" names no address: kept as it is, not sent
                 claim(slot, i, **{slot: value[7:] if value[:7].lower() == "mailto:" else value})
         elif name in _IM_NAMES:
             slot = next((s for s in IMS if s not in owners), None)
