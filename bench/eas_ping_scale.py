@@ -10,6 +10,12 @@ baseline is a bare aiohttp handler holding the same requests on the same loop an
 Pings held, the back-end load is Dovecot's own count of the IMAP commands the gateway sends over a minute,
 and latency is the time from an LMTP delivery to each of that user's Pings answering.
 
+Two profiles (``bench/run.py --ping-profile``). "idle", the default: casgate's defaults, so the push hub keeps each
+waiting user's INBOX in IMAP IDLE and the Pings look themselves every 30 s. "hook": a deployment whose Dovecot
+POSTs its push notifications to the gateway (gateway/services/dovecot_push.py): no IDLE, the push hub looks every
+5 minutes, the Pings every 10, and a user's mail session closes a minute after its last use, so memory is read
+once those sessions have closed; the latency phase checks that the hook, not a look, woke the Pings.
+
 ``python -m bench.eas_ping_scale serve ...`` is the launcher bench/run.py starts for the plain-HTTP gateway
 and the bare baseline (with ``--tracemalloc DIR``, SIGUSR1 writes a tracemalloc snapshot there).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import resource
 import secrets
 import signal
@@ -38,7 +45,11 @@ from gateway.demo.dovecot import Dovecot
 from gateway.demo.procs import free_port, stop_process
 
 from .gateway_env import DOMAIN, HOST, GatewayEnv, casgate_command, config_text
-from .harness import ROOT, BenchError, Options, Progress, client_context, log_tail, process_cpu_seconds, spawn
+from gateway.http.dovecot_push import PATH as PUSH_PATH
+
+from .gateway_env import push_receiver_table, write_secret
+from .harness import (ROOT, BenchError, Options, Progress, client_context, https_get, log_tail, process_cpu_seconds,
+                      spawn)
 from .https_front import loop_of
 
 NAME = "eas_ping_scale"
@@ -54,6 +65,18 @@ OPEN_PARALLEL = 64        # connections being opened (handshake + Ping written) 
 BUSY = 0.85               # the gateway's CPU share above which no more Pings are sent for a moment
 GOAL_TLS_KB, GOAL_PLAIN_KB, GOAL_P99_S, PHP_KB = 40.0, 15.0, 2.0, 2048.0
 EAS = "/Microsoft-Server-ActiveSync"
+
+# casgate.toml's [activesync] lines of each profile besides require_provisioning = false. hook: what a deployment
+# whose Dovecot calls the gateway's push hook would set (no IDLE session per waiting user, rare looks, and a
+# user's mail session closed between them).
+HOOK_SECRET = "push.secret"
+MAIL_IDLE_CLOSE = 60
+PROFILES = {
+    "idle": "",
+    "hook": push_receiver_table(HOOK_SECRET).removeprefix("\n[activesync]\n")
+    + "push_idle = false\npush_poll_interval = 300\nping_check_interval = 600\n"
+    + f"mail_idle_close = {MAIL_IDLE_CLOSE}\n",
+}
 
 # Room in the bench Dovecot for one IDLE and one store session per user plus the gateway's logins, and a
 # counter of the IMAP commands its sessions finish (read with `doveadm stats dump`).
@@ -80,19 +103,27 @@ INTRO = (
     "(EAS {version}, no provisioning) has a partnership, a FolderSync and a Sync 0 of its empty INBOX, made "
     "beforehand through a throwaway gateway. Then a fresh gateway: every phone opens its own connection (raw "
     "HTTP/1.1 over asyncio streams from one client process on the other CPU, WBXML from casgate's codec) and "
-    "sends Ping (HeartbeatInterval {heartbeat}, INBOX), which the gateway holds; its push hub logs each user in "
-    "to Dovecot (IMAP over TLS) and keeps INBOX in IDLE, and each held Ping looks at its folder itself every "
-    "`ping_check_interval` (30 s, the default). Memory per held Ping = growth of the gateway's VmRSS (and Pss, "
-    "from smaps_rollup) from before the first Ping (after one warm-up device) to all {pings:,} held, over "
-    "{pings:,}: so it includes the client connection and every per-user cost (the user's IMAP IDLE and store "
-    "sessions, the auth cache). TLS: `casgate serve` terminating TLS itself; plain: the same application "
-    "with a plain-HTTP site, as behind a TLS-terminating balancer (the configuration has no such listener, "
+    "sends Ping (HeartbeatInterval {heartbeat}, INBOX), which the gateway holds; {push} Memory per held Ping = "
+    "growth of the gateway's VmRSS (and Pss, from smaps_rollup) from before the first Ping (after one warm-up "
+    "device) to all {pings:,} held{settled}, over {pings:,}: so it includes the client connection and every "
+    "per-user cost ({per_user}, the auth cache). TLS: `casgate serve` terminating TLS itself; plain: the same "
+    "application with a plain-HTTP site, as behind a TLS-terminating balancer (the configuration has no such listener, "
     "so bench/eas_ping_scale.py's launcher adds it). Baseline: a bare aiohttp handler that reads the "
     "request and waits, on the same loop and TLS settings, holding the same number of Pings; the PHP "
     "servers that hold a process per Ping need about 2 MB per device. Latency: {changes} LMTP deliveries, "
     "{spacing:g} s apart, each to a different user; from the end of the message data to each of that "
     "user's Ping answers (Status 2). Back-end load: Dovecot's count of finished IMAP commands over "
     "{idle} s with every Ping held, per user per minute.")
+PUSH_TEXT = {
+    "idle": ("its push hub logs each user in to Dovecot (IMAP over TLS) and keeps INBOX in IDLE, and each held Ping "
+             "looks at its folder itself every `ping_check_interval` (30 s, the default)."),
+    "hook": ("profile \"hook\": the bench Dovecot runs casgate's push hook (push_notification, Lua driver, the script "
+             "of gateway/services/dovecot_push.py), which POSTs each change to the gateway's /casgate/dovecot-push, "
+             "and the gateway is set as such a deployment would be: `[activesync] push_idle = false` (no IDLE "
+             "session per waiting user), `push_poll_interval = 300`, `ping_check_interval = 600`, "
+             "`mail_idle_close = 60`. A Ping's arrival looks at its folder (STATUS) over the user's mail session, "
+             "which then closes after a minute unused."),
+}
 
 
 # --- the phones --------------------------------------------------------------------------------------------
@@ -389,9 +420,11 @@ def _percentile(values: list[float], q: float) -> float | None:
 # --- the processes -----------------------------------------------------------------------------------------
 
 def start_dovecot(stack: ExitStack, work: Path, env: GatewayEnv, users: dict[str, str],
-                  progress: Progress) -> Dovecot:
+                  progress: Progress, push_url: str = "", push_secret: str = "") -> Dovecot:
+    """The bench Dovecot; with ``push_url`` it POSTs its push notifications there (casgate's push hook)."""
     progress.show(f"{NAME}: starting a Dovecot for {len(users):,} users")
-    dovecot = Dovecot(work / "dovecot", env.certs.cert, env.certs.key, DOMAIN, users)
+    dovecot = Dovecot(work / "dovecot", env.certs.cert, env.certs.key, DOMAIN, users, push_url=push_url,
+                      push_ca=env.certs.ca_cert if push_url else None, push_secret=push_secret)
     stack.callback(dovecot.stop)
     try:
         dovecot.start()
@@ -484,20 +517,22 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(env: GatewayEnv, opts: Options, progress: Progress, pings: int = DEFAULT_PINGS,
-        users: int = DEFAULT_USERS) -> dict:
+        users: int = DEFAULT_USERS, profile: str = "idle") -> dict:
     if not 1 <= users <= pings:
         raise BenchError(f"--ping-users must be between 1 and --pings (got {users} users for {pings} Pings)")
+    if profile not in PROFILES:
+        raise BenchError(f"--ping-profile must be one of {', '.join(PROFILES)} (got {profile!r})")
     _raise_nofile(pings + 1000)
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {opts.client_cpu})
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
-            return runner.run(_run(env, opts, progress, pings, users))
+            return runner.run(_run(env, opts, progress, pings, users, profile))
     finally:
         os.sched_setaffinity(0, before)
 
 
-async def _run(env: GatewayEnv, opts: Options, progress: Progress, pings: int, nusers: int) -> dict:
+async def _run(env: GatewayEnv, opts: Options, progress: Progress, pings: int, nusers: int, profile: str) -> dict:
     t_start = time.monotonic()
     work = env.workdir / NAME
     work.mkdir(exist_ok=True)
@@ -507,15 +542,19 @@ async def _run(env: GatewayEnv, opts: Options, progress: Progress, pings: int, n
     phones = [Phone(names[i % nusers], f"PS{i % nusers:05d}D{i // nusers}", _basic(names[i % nusers], passwords))
               for i in range(pings)]
     warm = Phone(f"pushwarm@{DOMAIN}", "PSWARM", _basic(f"pushwarm@{DOMAIN}", passwords))
-    result: dict = {"pings": pings, "users": nusers}
+    result: dict = {"pings": pings, "users": nusers, "profile": profile}
+    hook = profile == "hook"
     with ExitStack() as stack:
-        dovecot = start_dovecot(stack, work, env, passwords, progress)
-        conf = dovecot.root / "dovecot.conf"
         https_port = free_port(HOST)
+        # The hook posts to the TLS listener, which the plain-HTTP gateway of this module's launcher serves too.
+        push_url = f"https://{HOST}:{https_port}{PUSH_PATH}" if hook else ""
+        secret = write_secret(work / HOOK_SECRET) if hook else ""
+        dovecot = start_dovecot(stack, work, env, passwords, progress, push_url, secret)
+        conf = dovecot.root / "dovecot.conf"
         ports = {"https": https_port, **{k: free_port(HOST) for k in ("imaps", "imap", "pop3s", "pop3")}}
         config = work / "casgate.toml"
         config.write_text(config_text(ports, env.certs, dovecot.imaps_port,
-                                      tables="\n[activesync]\nrequire_provisioning = false\n"))
+                                      tables="\n[activesync]\nrequire_provisioning = false\n" + PROFILES[profile]))
         (work / "users.toml").write_text("".join(f'[[user]]\naddress = "{u}"\nname = "Push {u[4:9]}"\n'
                                                  for u in passwords))
         tls_target = client_context(env.certs.ca_cert)
@@ -550,8 +589,10 @@ async def _run(env: GatewayEnv, opts: Options, progress: Progress, pings: int, n
                 writer.close()
                 await asyncio.sleep(2.0)
                 picked = _spread(names)
-                result[key] = await _measure_hold(server, target, phones, progress, f"{what} gateway",
-                                                  dovecot=dovecot, conf=conf, idle=tls, pick=picked, first=nusers)
+                result[key] = await _measure_hold(
+                    server, target, phones, progress, f"{what} gateway", dovecot=dovecot, conf=conf, idle=tls,
+                    pick=picked, first=nusers, sessions_close=MAIL_IDLE_CLOSE * 1.5 + 5 if hook and tls else 0,
+                    hook_metrics=(https_port, env.certs.ca_cert) if hook else None)
                 result[key]["loop"] = loop_of(server.proc.pid)
                 # The phones that just got mail start the next round with nothing owed, as a phone does.
                 await for_each(target, [warm, *(p for p in phones if p.user in set(picked))], catch_up, progress,
@@ -576,7 +617,12 @@ def _spread(names: list[str]) -> list[str]:
 
 async def _measure_hold(server: Server, target: Target, phones: list[Phone], progress: Progress, label: str, *,
                         dovecot: Dovecot | None = None, conf: Path | None = None, idle: bool = False,
-                        pick: list[str] | None = None, first: int = 0) -> dict:
+                        pick: list[str] | None = None, first: int = 0, sessions_close: float = 0,
+                        hook_metrics: tuple[int, Path] | None = None) -> dict:
+    """Memory before and with every Ping held; with ``idle``, the back-end load; with ``pick``, the latency.
+    ``sessions_close``: seconds to wait after the last Ping before reading its memory, for the users' mail
+    sessions to close; ``hook_metrics``: the (HTTPS port, CA) of the gateway's /metrics, whose count of accepted
+    push notifications must rise with the deliveries."""
     pid = server.proc.pid
     for phone in phones:
         phone.answered = phone.status = None
@@ -585,6 +631,7 @@ async def _measure_hold(server: Server, target: Target, phones: list[Phone], pro
     out: dict = {"before_kb": before}
     try:
         t0 = time.monotonic()
+        counts_h0 = imap_command_counts(conf) if conf is not None else {}
         if first and first < len(phones):
             # Each user's first phone, then the others: what a user costs, and what one more Ping costs.
             await holder.hold(phones[:first], progress, label)
@@ -593,8 +640,25 @@ async def _measure_hold(server: Server, target: Target, phones: list[Phone], pro
         else:
             await holder.hold(phones, progress, label)
         out["hold_s"] = round(time.monotonic() - t0, 1)
+        if sessions_close and dovecot is not None:
+            out["held_open_kb"] = await settled_memory(pid, progress, f"{label}, {len(phones):,} held")
+            out["held_open_kb"]["imap_sessions"] = _sessions(dovecot.imaps_port)
+            # Until every session the Pings' first looks opened has been closed (mail_idle_close after its last
+            # use, by a sweep every half of it); the Pings' own looks then open (and close) a few again.
+            until = time.monotonic() + sessions_close - out["held_open_kb"]["settle_s"]
+            while (left := until - time.monotonic()) > 0:
+                progress.show(f"{NAME}: {label}: waiting {left:.0f} s for the users' mail sessions to close "
+                              f"({_sessions(dovecot.imaps_port):,} open)")
+                await asyncio.sleep(min(1.0, left))
         held = await settled_memory(pid, progress, f"{label}, {len(phones):,} held")
+        if dovecot is not None:
+            held["imap_sessions"] = _sessions(dovecot.imaps_port)
         out["held_kb"] = held
+        if counts_h0 and idle:
+            # What taking the Pings in cost the back end: with sessions_close, up to their sessions' LOGOUT.
+            counts_h1 = imap_command_counts(conf)
+            out["hold_commands"] = {k: v - counts_h0.get(k, 0) for k, v in counts_h1.items()
+                                    if v - counts_h0.get(k, 0)}
         early = holder.early()
         if holder.errors or early:
             bad = len(holder.errors) + len(early)
@@ -614,6 +678,7 @@ async def _measure_hold(server: Server, target: Target, phones: list[Phone], pro
                            "commands": {k: v - counts0.get(k, 0) for k, v in counts1.items()
                                         if v - counts0.get(k, 0)}}
         if dovecot is not None and pick:
+            pushed0 = await _notifications(*hook_metrics) if hook_metrics else {}
             sent = await deliver(dovecot.lmtp_port, pick, CHANGE_SPACING, progress)
             owed = sum(1 for p in phones if p.user in sent)
             deadline = time.monotonic() + 30
@@ -627,9 +692,37 @@ async def _measure_hold(server: Server, target: Target, phones: list[Phone], pro
                               "max": max(latencies, default=None), "first_p50": _percentile(firsts, 0.5),
                               "first_p99": _percentile(firsts, 0.99),
                               "statuses": sorted({p.status or "" for p in answers})}
+            if hook_metrics:
+                pushed1 = await _notifications(*hook_metrics)
+                pushed = {k: v - pushed0.get(k, 0) for k, v in pushed1.items()}
+                out["latency"]["notifications"] = pushed
+                if pushed.get("accepted", 0) < len(sent):
+                    raise BenchError(f"{label}: {len(sent)} deliveries but the gateway accepted "
+                                     f"{pushed.get('accepted', 0)} push notifications ({pushed}); the Dovecot log "
+                                     f"{dovecot.log}:\n{log_tail(dovecot.log)}")
     finally:
         holder.close()
     return out
+
+
+def _sessions(port: int) -> int:
+    """Established TCP connections to ``port`` on loopback (the gateway's IMAP sessions to the bench Dovecot)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].rpartition(":")[2], 16) == port:
+            count += 1
+    return count
+
+
+async def _notifications(port: int, ca_cert: Path) -> dict[str, int]:
+    """casgate's count of Dovecot's push notifications by result (accepted, refused, bad, ignored), from /metrics."""
+    status, body = await asyncio.to_thread(https_get, f"https://{HOST}:{port}/metrics", ca_cert, 30.0)
+    if status != 200:
+        raise BenchError(f"/metrics answered HTTP {status}")
+    found = re.findall(r'^casgate_dovecot_push_notifications_total\{result="(\w+)"\} (\S+)$',
+                       body.decode(errors="replace"), re.M)
+    return {result: int(float(value)) for result, value in found}
 
 
 def _per_ping(m: dict, pings: int, key: str = "VmRSS") -> float | None:
@@ -667,6 +760,12 @@ def _result(opts: Options, r: dict) -> dict:
     per_user_min = commands.get("all", 0) / users / idle["minutes"] if idle else None
     rows.append({"key": "imap_per_user_min", "metric": "IMAP commands per user per minute while idle",
                  "casgate": per_user_min, "baseline": None, "ratio": None})
+    hook = r.get("profile") == "hook"
+    steady = _hook_steady(tls.get("hold_commands") or {}, users) if hook else None
+    if steady:
+        rows.append({"key": "imap_per_user_min_steady", "metric": "IMAP commands per user per minute, steady "
+                     "(a look every 300 s and every 600 s, at each arrival look's measured cost)",
+                     "casgate": steady["per_user_min"], "baseline": None, "ratio": None})
     rows.append({"key": "rss_held_mb", "metric": f"gateway RSS with {pings:,} Pings held, MB (TLS)",
                  "casgate": tls["held_kb"]["VmRSS"] / 1024, "baseline": r["bare_tls"]["held_kb"]["VmRSS"] / 1024,
                  "ratio": None})
@@ -701,6 +800,8 @@ def _result(opts: Options, r: dict) -> dict:
         f"{tls['before_kb']['VmRSS'] / 1024:.0f}/{tls['held_kb']['VmRSS'] / 1024:.0f} MB, plain "
         f"{plain['before_kb']['VmRSS'] / 1024:.0f}/{plain['held_kb']['VmRSS'] / 1024:.0f} MB.",
     ]
+    if hook:
+        notes.append(_hook_note(r, steady))
     if idle:
         notes.append(f"Back-end load over {idle['minutes'] * 60:.0f} s with every Ping held: "
                      f"{commands.get('all', 0):,} IMAP commands for {users:,} users ({by_name or 'none'} per user per "
@@ -715,14 +816,68 @@ def _result(opts: Options, r: dict) -> dict:
                          f"{(lat['first_p99'] or 0) * 1000:.0f} ms; slowest {(lat['max'] or 0) * 1000:.0f} ms.")
     if r.get("dovecot_warnings"):
         notes.append("Dovecot warned: " + " | ".join(r["dovecot_warnings"]))
-    return {"name": NAME, "title": TITLE, "baseline_label": "bare aiohttp holding the requests",
+    profile = r.get("profile", "idle")
+    return {"name": NAME if profile == "idle" else f"{NAME}_{profile}",
+            "title": TITLE if profile == "idle" else f"{TITLE}, {profile} profile",
+            "baseline_label": "bare aiohttp holding the requests",
             "intro": INTRO.format(users=users, per=per, version=VERSION, heartbeat=HEARTBEAT, pings=pings,
-                                  changes=CHANGES, spacing=CHANGE_SPACING, idle=IDLE_SECONDS),
+                                  changes=CHANGES, spacing=CHANGE_SPACING, idle=IDLE_SECONDS,
+                                  push=PUSH_TEXT[profile],
+                                  settled=" (with TLS, once the mail sessions their first looks opened have "
+                                  "closed: `mail_idle_close` and the sweep that applies it, 95 s later; plain HTTP "
+                                  "at once, since closing them frees no resident memory)" if hook else "",
+                                  per_user="the user's mail session while open" if hook
+                                  else "the user's IMAP IDLE and store sessions"),
             "rows": rows, "extra_notes": notes,
             "settings": {"rounds": 1, "seconds": "-", "connections": pings, "loop": tls.get("loop"),
                          "pings": pings, "users": users, "heartbeat": HEARTBEAT, "version": VERSION,
                          "client_cpu": opts.client_cpu, "server_cpu": opts.server_cpu},
             "raw": r}
+
+
+def _hook_steady(commands: dict[str, int], users: int) -> dict | None:
+    """The push hub's steady back-end load in the hook profile, from what taking the Pings in cost: each user's
+    first Ping opened a mail session (its commands besides STATUS, LOGOUT included, per session) and every Ping
+    did one STATUS. In the steady state the push hub looks every 300 s and the user's Pings together every 600 s,
+    each look a new session (the last one has closed) and one STATUS."""
+    sessions = commands.get("LOGOUT", 0)
+    if not sessions:
+        return None
+    per_session = sum(v for k, v in commands.items() if k not in ("all", "STATUS")) / sessions
+    return {"sessions": sessions, "per_session": round(per_session, 2),
+            "per_user_min": (per_session + 1) * (1 / 5 + 1 / 10), "sessions_per_user": round(sessions / users, 2)}
+
+
+def _hook_note(r: dict, steady: dict | None) -> str:
+    tls, plain, users = r["tls"], r["plain"], r["users"]
+    parts = []
+    for what, m in (("TLS", tls), ("plain", plain)):
+        pushed = (m.get("latency") or {}).get("notifications")
+        if pushed is not None:
+            parts.append(f"{what}: {pushed.get('accepted', 0)} accepted"
+                         + "".join(f", {v} {k}" for k, v in sorted(pushed.items()) if k != "accepted" and v))
+        if "held_open_kb" in m:
+            parts.append(f"{what} RSS right after the last Ping {m['held_open_kb']['VmRSS'] / 1024:.0f} MB "
+                         f"({m['held_open_kb'].get('imap_sessions', 0):,} IMAP sessions open), "
+                         f"{MAIL_IDLE_CLOSE * 1.5 + 5:.0f} s later (the table's figure) "
+                         f"{m['held_kb']['VmRSS'] / 1024:.0f} MB ({m['held_kb'].get('imap_sessions', 0):,} open)")
+    hold = tls.get("hold_commands") or {}
+    text = ("Push hook: the gateway's casgate_dovecot_push_notifications_total over the latency phase's "
+            f"{(tls.get('latency') or {}).get('users', 0)} deliveries: " + "; ".join(parts)
+            + ". Taking the TLS Pings in cost the back end "
+            + ", ".join(f"{k} {v / users:.2f}" for k, v in sorted(hold.items()) if k != "all")
+            + " commands per user (each Ping's first look is a fresh STATUS; the sessions closed about "
+            f"{MAIL_IDLE_CLOSE}-{MAIL_IDLE_CLOSE * 1.5:.0f} s after it)")
+    if steady:
+        text += (f". Steady state: the push hub looks at each user's INBOX every 300 s and the user's held Pings "
+                 "together every 600 s (`ping_check_interval`), each look a new session "
+                 f"({steady['per_session']:.1f} commands besides STATUS; the LOGIN is done in imap-login, which "
+                 f"this count leaves out) and one STATUS: {steady['per_user_min']:.2f} commands per user per "
+                 "minute. The 60 s window above saw the Pings' looks (spread over their beat) and the sessions "
+                 "they and the last Pings opened closing, but none of the push hub's, which come 300 s after each "
+                 f"user's first Ping. Not counted either way: each phone's new Ping when its heartbeat "
+                 f"({HEARTBEAT} s) ends, one STATUS more")
+    return text + "."
 
 
 # --- the launcher (plain-HTTP gateway, bare baseline) -----------------------------------------------------

@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="Pings eas_ping_scale holds at once, 1-15000 (default: %(default)s)")
     p.add_argument("--ping-users", type=int, default=2_000, metavar="N",
                    help="users those Pings come from, 1 to --pings (default: %(default)s)")
+    p.add_argument("--ping-profile", choices=["idle", "hook"], default="idle",
+                   help="eas_ping_scale's gateway set-up: idle (the defaults: IMAP IDLE per waiting user) or hook "
+                        "(Dovecot's push hook, no IDLE, rare looks; its result is kept as eas_ping_scale_hook) "
+                        "(default: %(default)s)")
     p.add_argument("--no-docs", action="store_true",
                    help="print the table only; leave bench/results/ and docs/benchmarks.md alone")
     p.add_argument("--keep-temp", action="store_true",
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in names:
                     extra = {"messages": a.eas_messages} if name == "eas_sync" else {}
                     if name == "eas_ping_scale":
-                        extra = {"pings": a.pings, "users": a.ping_users}
+                        extra = {"pings": a.pings, "users": a.ping_users, "profile": a.ping_profile}
                     results[name] = _load(name).run(env, opts, progress, **extra)
             finally:
                 progress.show("stopping every process started for the benchmark")
