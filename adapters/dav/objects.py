@@ -36,6 +36,27 @@ _KINDS = {
 MULTIGET_BATCH = 100
 
 
+_HEADERS = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
+
+
+def _objects(root, data_tag: str | None = None):
+    """(href, ETag, data text, whether it is a collection) of each response in a 207 answer, from its
+    propstats with status 200; data is the ``data_tag`` property's text (calendar-data...), when asked."""
+    for resp in root.iter(f"{DAV}response"):
+        href = (resp.findtext(f"{DAV}href") or "").strip()
+        etag = text = None
+        collection = False
+        for propstat in resp.iter(f"{DAV}propstat"):
+            if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
+                continue
+            etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
+            if data_tag:
+                text = propstat.findtext(f"{DAV}prop/{data_tag}") or text
+            collection |= propstat.find(f"{DAV}prop/{DAV}resourcetype/{DAV}collection") is not None
+        if href:
+            yield href, (etag or "").strip(), text, collection
+
+
 def _same_path(a: str, b: str) -> bool:
     return unquote(urlsplit(a).path).rstrip("/") == unquote(urlsplit(b).path).rstrip("/")
 
@@ -47,7 +68,6 @@ def etags(conn: DavConnection, collection_url: str, what: str, component: str | 
     only those with an occurrence ending after ``since`` when given, only tasks not completed with
     ``open_only``."""
     url = conn.absolute(collection_url.rstrip("/") + "/")
-    headers = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
     if component:
         inner = ""
         if since is not None:
@@ -56,26 +76,12 @@ def etags(conn: DavConnection, collection_url: str, what: str, component: str | 
         if open_only:
             inner += '<c:prop-filter name="COMPLETED"><c:is-not-defined/></c:prop-filter>'
         body = _TYPED.format(component=escape(component), inner=inner)
-        response = conn.send("REPORT", url, body, headers, what, ok=(207,))
+        response = conn.send("REPORT", url, body, _HEADERS, what, ok=(207,))
     else:
-        response = conn.send("PROPFIND", url, _ETAGS, headers, what, ok=(207,))
+        response = conn.send("PROPFIND", url, _ETAGS, _HEADERS, what, ok=(207,))
     root = parse_xml(response.content or b"", what)
-    found: dict[str, str] = {}
-    for resp in root.iter(f"{DAV}response"):
-        href = (resp.findtext(f"{DAV}href") or "").strip()
-        if not href or _same_path(conn.absolute(href), url):
-            continue
-        etag = None
-        collection = False
-        for propstat in resp.iter(f"{DAV}propstat"):
-            if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
-                continue
-            etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
-            if propstat.find(f"{DAV}prop/{DAV}resourcetype/{DAV}collection") is not None:
-                collection = True
-        if etag and not collection:
-            found[conn.absolute(href)] = etag.strip()
-    return found
+    return {conn.absolute(href): etag for href, etag, _, collection in _objects(root)
+            if etag and not collection and not _same_path(conn.absolute(href), url)}
 
 
 def multiget(conn: DavConnection, collection_url: str, hrefs: list[str], kind: str,
@@ -89,19 +95,10 @@ def multiget(conn: DavConnection, collection_url: str, hrefs: list[str], kind: s
         body = _MULTIGET.format(report=report, ns=ns[1:-1], data=data_name,
                                 hrefs="".join(f"<d:href>{escape(urlsplit(conn.absolute(h)).path)}</d:href>"
                                               for h in batch))
-        response = conn.send("REPORT", url, body, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-                             what, ok=(207,))
-        root = parse_xml(response.content or b"", what)
-        for resp in root.iter(f"{DAV}response"):
-            href = (resp.findtext(f"{DAV}href") or "").strip()
-            text = etag = None
-            for propstat in resp.iter(f"{DAV}propstat"):
-                if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
-                    continue
-                text = propstat.findtext(f"{DAV}prop/{ns}{data_name}") or text
-                etag = propstat.findtext(f"{DAV}prop/{DAV}getetag") or etag
-            if href and text:
-                found[conn.absolute(href)] = ((etag or "").strip(), text)
+        response = conn.send("REPORT", url, body, _HEADERS, what, ok=(207,))
+        for href, etag, text, _ in _objects(parse_xml(response.content or b"", what), f"{ns}{data_name}"):
+            if text:
+                found[conn.absolute(href)] = (etag, text)
     # Servers answer with their own spelling of each href; give them back under the caller's.
     by_path = {unquote(urlsplit(h).path): v for h, v in found.items()}
     return {h: by_path[unquote(urlsplit(conn.absolute(h)).path)] for h in hrefs
@@ -139,19 +136,12 @@ def by_uid(conn: DavConnection, collection_url: str, uid: str, component: str,
     """(href, ETag, text) of the calendar object whose ``component`` has this UID, None when there is none."""
     url = conn.absolute(collection_url.rstrip("/") + "/")
     body = _BY_UID.format(component=escape(component), uid=escape(uid))
-    response = conn.send("REPORT", url, body, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-                         what, ok=(207,))
-    root = parse_xml(response.content or b"", what)
-    for resp in root.iter(f"{DAV}response"):
-        href = (resp.findtext(f"{DAV}href") or "").strip()
-        for propstat in resp.iter(f"{DAV}propstat"):
-            if " 200 " not in (propstat.findtext(f"{DAV}status") or "") + " ":
-                continue
-            text = propstat.findtext(f"{DAV}prop/{CALDAV}calendar-data")
-            # text-match finds substrings (RFC 4791 9.7.5): keep only the object with this very UID.
-            if href and text and re.search(rf"^UID(;[^:]*)?:{re.escape(uid)}\r?$",
-                                           re.sub(r"\r?\n[ \t]", "", text), re.MULTILINE):
-                return conn.absolute(href), (propstat.findtext(f"{DAV}prop/{DAV}getetag") or "").strip(), text
+    response = conn.send("REPORT", url, body, _HEADERS, what, ok=(207,))
+    for href, etag, text, _ in _objects(parse_xml(response.content or b"", what), f"{CALDAV}calendar-data"):
+        # text-match finds substrings (RFC 4791 9.7.5): keep only the object with this very UID.
+        if text and re.search(rf"^UID(;[^:]*)?:{re.escape(uid)}\r?$", re.sub(r"\r?\n[ \t]", "", text),
+                              re.MULTILINE):
+            return conn.absolute(href), etag, text
     return None
 
 
@@ -159,7 +149,7 @@ def rename(conn: DavConnection, url: str, name: str, what: str) -> None:
     """Set a collection's DAV:displayname (one PROPPATCH)."""
     body = ('<?xml version="1.0" encoding="utf-8"?><d:propertyupdate xmlns:d="DAV:"><d:set><d:prop>'
             f'<d:displayname>{escape(name)}</d:displayname></d:prop></d:set></d:propertyupdate>')
-    response = conn.send("PROPPATCH", url, body, {"Content-Type": "application/xml; charset=utf-8"}, what,
+    response = conn.send("PROPPATCH", url, body, {"Content-Type": _HEADERS["Content-Type"]}, what,
                          ok=(200, 207))
     root = parse_xml(response.content or b"", what) if response.status_code == 207 else None
     if root is not None:

@@ -19,7 +19,6 @@ from adapters.errors import BackendError, Conflict, NotFound
 from ...services.pimsync import CollectionState
 from ..compose import Outgoing
 from ..email_item import ItemError, _Message
-from ..folders import DELETED, folder_types
 from ..items import fetch_one, uid_of
 from ..meeting import DECLINED, reply_message, respond
 from ..pimfolders import CLASSES, folders_of, is_pim
@@ -27,6 +26,7 @@ from ..wbxml import Element
 from . import EasCall, EasError
 from .composemail import submit
 from .pimcollection import KEEP_STATES, server_id, store_for
+from .sync import _trash
 
 log = logging.getLogger("casgate.activesync")
 NS = "MeetingResponse"
@@ -135,8 +135,7 @@ async def _tell_device(call: EasCall, key: str, href: str, etag: str) -> str | N
 
 async def _to_trash(call: EasCall, mailbox, folder: str, uid: int) -> None:
     try:
-        trash = next((n for n, kind in folder_types(await mailbox.list_folders()).items() if kind == DELETED), None)
-        if trash and trash != folder:
+        if trash := await _trash(call, mailbox, folder):
             await mailbox.move(folder, [uid], trash)
     except BackendError as exc:
         log.info("meeting request not moved to Deleted Items", extra={
