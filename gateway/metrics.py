@@ -26,6 +26,8 @@ class Metrics:
                                    "connection was ready (hit) or had to be opened (miss)", ["result"], registry=r)
         self.eas_commands = Counter("casgate_eas_commands", "ActiveSync commands by command and result",
                                     ["command", "result"], registry=r)
+        self.eas_pings_held = Gauge("casgate_eas_pings_held", "ActiveSync Pings held, waiting for a change",
+                                    registry=r)
         self.dovecot_push = Counter("casgate_dovecot_push_notifications", "Notifications from Dovecot's push hook by "
                                     "result (accepted, refused, bad, ignored)", ["result"], registry=r)
         self.backend_up = Gauge("casgate_backend_up", "1 when the last probe of a back end succeeded",

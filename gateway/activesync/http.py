@@ -8,6 +8,7 @@ command lives in ``commands/`` and gets an ``EasCall``.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import time
@@ -20,7 +21,9 @@ from adapters.interfaces import UserRecord
 from ..http.app import CTX
 from ..http.basic_auth import authenticate, client_ip
 from ..http.body import read_limited
+from ..http.park import Parked, park, parked_response
 from . import wbxml
+from .commands.ping import Hold
 from .commands import COMMANDS, EasCall, EasError, EasServices, root_of, version_tuple
 from .devices import DeviceRegistry, provisioning_status
 from .request import RequestError, parse_request
@@ -131,19 +134,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
             result = f"refused-{refused[0]}"
             return _status_or_http(request, call, *refused)
         answer = await command.run(call)
-    except EasError as exc:
-        result = f"status-{exc.status}"
-        if exc.http_status:
-            return _text(exc.http_status, exc.message)
-        return _status_reply(request, req.command, exc.status)
-    except AuthenticationFailed:
-        result = "auth"
-        return _text(401, "the mail store refused the credentials", **{
-            "WWW-Authenticate": 'Basic realm="casgate", charset="UTF-8"'})
-    except BackendUnavailable as exc:
-        result = "unavailable"
-        log.warning("back end unavailable", extra={"event": "eas", "user": user.address, "error": str(exc)[:200]})
-        return _text(503, "the mail store is unavailable; try again later", **{"Retry-After": str(exc.retry_after)})
+        if isinstance(answer, Hold):
+            parked = park(request)
+            if parked is not None:
+                link = _ParkedLink(parked, _wants_gzip(request), user.address, req.device_id, ctx.metrics)
+                parked.on_lost(answer.lost)
+                answer.start(link)
+                result = "held"
+                return parked_response()
+            answer = await _hold_here(answer)
+    except (EasError, AuthenticationFailed, BackendUnavailable) as exc:
+        result, response = _failure(exc, user.address, req.command)
+        return response
     finally:
         ctx.metrics.eas_commands.labels(req.command, result.split("-")[0]).inc()
         log.info("eas", extra={"event": "eas", "command": req.command, "user": user.address,
@@ -154,7 +156,75 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if answer is None:
         return web.Response(status=200, headers={"Cache-Control": "private",
                                                  "MS-Server-ActiveSync": SERVER_VERSION})
-    return _reply(request, answer)
+    return _reply(answer, _wants_gzip(request))
+
+
+def _failure(exc: Exception, user: str, command: str) -> tuple[str, web.Response]:
+    """(result for the log and metrics, HTTP answer) of a command that failed with ``exc``."""
+    if isinstance(exc, EasError):
+        if exc.http_status:
+            return f"status-{exc.status}", _text(exc.http_status, exc.message)
+        return f"status-{exc.status}", _status_reply(command, exc.status, False)
+    if isinstance(exc, AuthenticationFailed):
+        return "auth", _text(401, "the mail store refused the credentials", **{
+            "WWW-Authenticate": 'Basic realm="casgate", charset="UTF-8"'})
+    if isinstance(exc, BackendUnavailable):
+        log.warning("back end unavailable", extra={"event": "eas", "user": user, "error": str(exc)[:200]})
+        return "unavailable", _text(503, "the mail store is unavailable; try again later",
+                                    **{"Retry-After": str(exc.retry_after)})
+    log.error("command failed", exc_info=exc, extra={"event": "eas", "command": command, "user": user})
+    return "error", _text(500, "internal error")
+
+
+async def _hold_here(hold: Hold) -> wbxml.Element:
+    """Hold the request inside aiohttp (when its connection cannot be parked)."""
+    link = _Waiting()
+    hold.start(link)
+    try:
+        result = await link.future
+    finally:
+        hold.lost()  # a no-op once answered; after a cancellation, stop waiting
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+class _Waiting:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def deliver(self, result: wbxml.Element | Exception) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def close(self) -> None:
+        if not self.future.done():
+            self.future.cancel()
+
+
+class _ParkedLink:
+    """Writes a parked Ping's answer on its connection (and logs it, as the shell logs a command)."""
+
+    __slots__ = ("parked", "gzip", "user", "device", "metrics", "since")
+
+    def __init__(self, parked: Parked, gzip_ok: bool, user: str, device: str, metrics) -> None:
+        self.parked, self.gzip, self.user, self.device, self.metrics = parked, gzip_ok, user, device, metrics
+        self.since = time.monotonic()
+
+    def deliver(self, result: wbxml.Element | Exception) -> None:
+        if isinstance(result, Exception):
+            outcome, response = _failure(result, self.user, "Ping")
+        else:
+            outcome, response = "ok", _reply(result, self.gzip)
+        log.info("eas held answer", extra={"event": "eas", "command": "Ping", "user": self.user,
+                                           "device": self.device, "result": outcome, "http": response.status,
+                                           "held_s": round(time.monotonic() - self.since, 1)})
+        self.parked.send(response)
+
+    def close(self) -> None:
+        self.parked.close()
 
 
 def _refusal(device, policy_key: int | None, check_policy: bool, digest: str) -> tuple[int, int] | None:
@@ -172,19 +242,19 @@ def _status_or_http(request: web.Request, call: EasCall, status: int, http_statu
     Status in the command's own response (MS-ASHTTP 3.2.5.1, MS-ASCMD 2.2.2)."""
     if call.version_tuple < (14, 0):
         return _text(http_status, "provisioning is required" if http_status == 449 else "device not allowed")
-    return _status_reply(request, call.request.command, status)
+    return _status_reply(call.request.command, status, _wants_gzip(request))
 
 
-def _status_reply(request: web.Request, command: str, status: int) -> web.Response:
+def _status_reply(command: str, status: int, gzip_ok: bool) -> web.Response:
     """The command's own response element holding just a Status."""
     ns, name = root_of(command)
-    return _reply(request, wbxml.Element(ns, name, [wbxml.Element(ns, "Status", text=str(status))]))
+    return _reply(wbxml.Element(ns, name, [wbxml.Element(ns, "Status", text=str(status))]), gzip_ok)
 
 
-def _reply(request: web.Request, element: wbxml.Element) -> web.Response:
+def _reply(element: wbxml.Element, gzip_ok: bool) -> web.Response:
     data = wbxml.encode(element)
     headers = {"Content-Type": WBXML_TYPE, "Cache-Control": "private", "MS-Server-ActiveSync": SERVER_VERSION}
-    if len(data) >= _GZIP_MIN and _wants_gzip(request):
+    if len(data) >= _GZIP_MIN and gzip_ok:
         data = gzip.compress(data, compresslevel=5)
         headers["Content-Encoding"] = "gzip"
     return web.Response(status=200, body=data, headers=headers)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from adapters.errors import BackendError
 from adapters.imap.idle import watch
@@ -40,16 +40,21 @@ log = logging.getLogger("casgate.push")
 
 class Inbox:
     """What one waiter is told, in order: a queue with nothing in it until it is used (an asyncio.Queue
-    costs about 2 KB, and thousands of these are held at once)."""
+    costs about 2 KB, and thousands of these are held at once). A waiter that is not a coroutine (a parked
+    Ping) sets ``on_put`` instead and is called with each item."""
 
-    __slots__ = ("folders", "_items", "_wake")
+    __slots__ = ("folders", "_items", "_wake", "on_put")
 
     def __init__(self, folders: frozenset[str]) -> None:
         self.folders = folders
         self._items: list | None = None
         self._wake: asyncio.Future | None = None
+        self.on_put: Callable[[object], None] | None = None
 
     def put_nowait(self, item: object) -> None:
+        if self.on_put is not None:
+            self.on_put(item)
+            return
         if self._items is None:
             self._items = []
         self._items.append(item)
@@ -67,6 +72,11 @@ class Inbox:
 
     def empty(self) -> bool:
         return not self._items
+
+    def drain(self) -> list:
+        """What was put before anyone took it."""
+        items, self._items = self._items or [], None
+        return items
 
 
 class _Watcher:
@@ -95,13 +105,20 @@ class _Watcher:
         await watch(endpoint, self.creds, "INBOX", lambda: self.seen("INBOX"), self.client_ip)
 
     async def _poll(self) -> None:
+        # Calendars and address books are looked at once, for the ctags later looks compare with; a mail
+        # folder's first counters come from the waiter's own first look (PushHub.saw), or else from the
+        # first poll.
+        first = True
         while True:
-            await asyncio.sleep(self.hub.poll_interval)
+            if not first:
+                await asyncio.sleep(self.hub.poll_interval)
             folders = {f for w in self.waiters for f in w.folders if f.upper() != "INBOX" or not self.hub.idle}
             dav = {f for f in folders if split_key(f) is not None}
-            await self._look_mail(folders - dav)
+            if not first:
+                await self._look_mail(folders - dav)
             if dav:
                 await self._look_dav(dav)
+            first = False
 
     async def _look_mail(self, folders: set[str]) -> None:
         if not folders:
@@ -188,22 +205,46 @@ class PushHub:
     async def waiting(self, user: UserRecord, backend: str, creds: Credentials, client_ip: str,
                       folders: set[str]) -> AsyncIterator[Inbox]:
         """A queue that receives the name of each of ``folders`` the user's watcher sees change."""
+        waiter = await self.join(user, backend, creds, client_ip, folders)
+        try:
+            yield waiter
+        finally:
+            self.leave(user.address, waiter)
+
+    async def join(self, user: UserRecord, backend: str, creds: Credentials, client_ip: str,
+                   folders: set[str]) -> Inbox:
+        """Start waiting for ``folders`` (the user's watcher starts with its first waiter); ``leave`` ends it."""
         watcher = self._watchers.get(user.address)
         if watcher is None or watcher.creds != creds:
-            if watcher is not None:
-                watcher.stop()
+            old = watcher
             watcher = self._watchers[user.address] = _Watcher(self, user, backend, creds, client_ip)
+            if old is not None:
+                old.stop()
+                watcher.waiters |= old.waiters  # they go on hearing through the new credentials' watcher
             for name in channels(user):
                 watcher.unsubscribe.append(await self.bus.subscribe(name, watcher.notify))
         waiter = Inbox(frozenset(folders))
         watcher.waiters.add(waiter)
-        try:
-            yield waiter
-        finally:
-            watcher.waiters.discard(waiter)
-            if not watcher.waiters and self._watchers.get(user.address) is watcher:
-                del self._watchers[user.address]
-                watcher.stop()
+        return waiter
+
+    def leave(self, address: str, waiter: Inbox) -> None:
+        """``waiter`` waits no more; the watcher stops with its last waiter."""
+        waiter.on_put = None
+        watcher = self._watchers.get(address)
+        if watcher is None or waiter not in watcher.waiters:
+            return
+        watcher.waiters.discard(waiter)
+        if not watcher.waiters:
+            del self._watchers[address]
+            watcher.stop()
+
+    def saw(self, address: str, folder: str, marks: tuple) -> None:
+        """A waiter's own look found ``folder`` at ``marks`` (uidvalidity, highestmodseq, uidnext, messages):
+        where the watcher's comparisons start if it has not looked yet, so that a change landing between that
+        look and the watcher's first is not taken for the starting point."""
+        watcher = self._watchers.get(address)
+        if watcher is not None:
+            watcher.last.setdefault(folder, marks)
 
     def watching(self) -> int:
         return len(self._watchers)

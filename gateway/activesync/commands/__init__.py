@@ -47,10 +47,14 @@ class EasServices:
         from ..policy import digest
         mail = MailSessions(ctx.backends, cfg.mail_idle_close)
         push = PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval, cfg.push_idle)
+        from .ping import held_count
+        ctx.metrics.eas_pings_held.set_function(held_count)
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),
                    push, digest(cfg.policy), gal=Gal.from_config(ctx.config, ctx.directory))
 
     async def close(self) -> None:
+        from .ping import release_all
+        release_all()
         self.push.close()
         await self.mail.close()
         if self.gal is not None:

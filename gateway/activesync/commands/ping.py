@@ -7,10 +7,13 @@ STATUS of the other folders), and also looks by itself every
 ``[activesync] ping_check_interval`` seconds. A new Ping from the same
 device ends the one it replaces.
 
-Thousands of Pings are held at once, so a held one keeps little: no parsed
-request, no task of its own while it waits. Its periodic looks fall on a
-per-user beat, so a user's phones look together and share one STATUS per
-folder; a look a push notice or the Ping's arrival asks for is always fresh.
+Thousands of Pings are held at once, so a held one keeps little: ``run``
+answers at once or returns a ``Hold``, which the HTTP shell parks outside
+aiohttp (gateway/http/park.py) with its connection; the Hold keeps the call,
+its push-hub inbox and one timer, no parsed request and no task while it
+waits. Its periodic looks fall on a per-user beat, so a user's phones look
+together and share one STATUS per folder; a look a push notice or the Ping's
+arrival asks for is always fresh.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import json
 import time
 import zlib
+from typing import Protocol
 
 from ..wbxml import Element
 from . import EasCall
@@ -33,7 +37,7 @@ NS = "Ping"
 EXPIRED, CHANGED, MISSING, SYNTAX, BAD_HEARTBEAT, TOO_MANY, HIERARCHY, SERVER_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 _SAVED = "eas-ping"
 _SHARE = 2.0  # seconds a periodic look's STATUS serves the user's other phones looking on the same beat
-_held: dict[tuple[str, str], Inbox] = {}
+_held: dict[tuple[str, str], Hold] = {}
 _looks: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
 
 
@@ -41,7 +45,8 @@ def _answer(status: int, *children: Element) -> Element:
     return Element(NS, "Ping", [Element(NS, "Status", text=str(status)), *children])
 
 
-async def run(call: EasCall) -> Element:
+async def run(call: EasCall) -> Element | Hold:
+    """The answer now, or a Hold that the HTTP shell starts and that answers later."""
     cfg = call.ctx.config.activesync
     asked = await _asked(call)
     if isinstance(asked, Element):
@@ -54,6 +59,7 @@ async def run(call: EasCall) -> Element:
         return _answer(BAD_HEARTBEAT, Element(NS, "HeartbeatInterval", text=str(bound)))
     if len(folders) > cfg.ping_max_folders:
         return _answer(TOO_MANY, Element(NS, "MaxFolders", text=str(cfg.ping_max_folders)))
+    deadline = time.monotonic() + heartbeat
     await call.ctx.state.kv_set(_SAVED, _saved_key(call),
                                 json.dumps({"heartbeat": heartbeat, "folders": folders}).encode())
     call.body, call.raw = None, b""  # nothing of the request is needed while the Ping is held
@@ -64,16 +70,21 @@ async def run(call: EasCall) -> Element:
     del known
     me = (call.user.address, call.device.device_id)
     if (previous := _held.get(me)) is not None:
-        previous.put_nowait(None)  # the device has moved on: its older Ping ends now
+        previous.finish(_answer(EXPIRED))  # the device has moved on: its older Ping ends now
     names = {name for f in folders if (name := await call.services.folders.name_of(call.user.address, f))}
     backend = call.ctx.directory.route(call.user, "imap") or ""
-    async with call.services.push.waiting(call.user, backend, call.creds, call.client_ip, names) as queue:
-        _held[me] = queue
-        try:
-            return await _hold(call, queue, folders, heartbeat, cfg.ping_check_interval)
-        finally:
-            if _held.get(me) is queue:
-                del _held[me]
+    push = call.services.push
+    # Waiting starts before the first look, so that a change between the two is not missed.
+    inbox = await push.join(call.user, backend, call.creds, call.client_ip, names)
+    try:
+        answer = _verdict(await _changed(call, folders))
+    except BaseException:
+        push.leave(call.user.address, inbox)
+        raise
+    if answer is not None:
+        push.leave(call.user.address, inbox)
+        return answer
+    return Hold(call, inbox, folders, deadline, cfg.ping_check_interval)
 
 
 def _saved_key(call: EasCall) -> str:
@@ -100,33 +111,138 @@ async def _asked(call: EasCall) -> tuple[int | None, list[str] | None] | Element
     return heartbeat, folders
 
 
-async def _hold(call: EasCall, queue: Inbox, folders: list[str], heartbeat: int, every: float) -> Element:
-    deadline = time.monotonic() + heartbeat
-    # The user's beat: every `every` seconds at a phase of its own, so that the user's phones look together
-    # while users stay spread out.
-    phase = zlib.crc32(call.user.address.encode()) % 1000 / 1000 * every
-    periodic = False
-    while True:
-        changed = await _changed(call, folders, shared=periodic)
-        if changed is None:
-            return _answer(HIERARCHY)
-        if changed:
-            return _answer(CHANGED, Element(NS, "Folders", [Element(NS, "Folder", text=f) for f in changed]))
+def _verdict(changed: list[str] | None) -> Element | None:
+    if changed is None:
+        return _answer(HIERARCHY)
+    if changed:
+        return _answer(CHANGED, Element(NS, "Folders", [Element(NS, "Folder", text=f) for f in changed]))
+    return None
+
+
+class Link(Protocol):
+    """Where a Hold's answer goes: a parked connection, or a coroutine still holding the request."""
+
+    def deliver(self, result: Element | Exception) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Hold:
+    """A Ping waiting for its answer. It is not a coroutine: thousands are held, so it keeps the call,
+    its push-hub inbox and one timer, and runs a look (a short task) only when the push hub names a
+    watched folder or its timer fires. The timer falls on the user's beat (every ``ping_check_interval``
+    seconds at a phase of the user's own, so the user's phones look together and share one STATUS while
+    users stay spread out) or at the end of the heartbeat, which answers Status 1 after a last look."""
+
+    __slots__ = ("call", "inbox", "folders", "deadline", "every", "phase", "link", "timer", "look", "again",
+                 "done", "result")
+
+    def __init__(self, call: EasCall, inbox: Inbox, folders: list[str], deadline: float, every: float) -> None:
+        self.call, self.inbox, self.folders, self.deadline, self.every = call, inbox, folders, deadline, every
+        self.phase = zlib.crc32(call.user.address.encode()) % 1000 / 1000 * every
+        self.link: Link | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.look: asyncio.Task | None = None
+        self.again = self.done = False
+        self.result: Element | Exception | None = None
+        _held[(call.user.address, call.device.device_id)] = self
+
+    def start(self, link: Link) -> None:
+        """Begin waiting; the answer goes to ``link``."""
+        if self.done:  # answered before it started (a newer Ping of the device came first)
+            link.deliver(self.result if self.result is not None else _answer(EXPIRED))
+            return
+        self.link = link
+        self.inbox.on_put = self._heard
+        if self.inbox.drain():
+            self._wake()
+        else:
+            self._arm()
+
+    def finish(self, result: Element | Exception) -> None:
+        """Answer now (an Element, or an exception the shell renders as its HTTP error)."""
+        if self.done:
+            return
+        self._release()
+        link, self.link = self.link, None
+        if link is None:
+            self.result = result
+        else:
+            link.deliver(result)
+
+    def lost(self) -> None:
+        """The client has gone: stop waiting, answer nobody."""
+        if not self.done:
+            self._release()
+            self.link = None
+
+    def _release(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.look is not None and self.look is not asyncio.current_task():
+            self.look.cancel()
+        self.look = None
+        self.call.services.push.leave(self.call.user.address, self.inbox)
+        me = (self.call.user.address, self.call.device.device_id)
+        if _held.get(me) is self:
+            del _held[me]
+
+    def _heard(self, item: object) -> None:
+        self._wake()
+
+    def _arm(self) -> None:
         now = time.monotonic()
-        if now >= deadline:
-            return _answer(EXPIRED)
-        beat = now + every - (now - phase) % every
-        periodic = beat < deadline
+        if now >= self.deadline:
+            self.finish(_answer(EXPIRED))
+            return
+        beat = now + self.every - (now - self.phase) % self.every
+        delay = min(beat, self.deadline) - now
+        self.timer = asyncio.get_running_loop().call_later(delay, self._wake, beat < self.deadline)
+
+    def _wake(self, periodic: bool = False) -> None:
+        """Look now; a look asked for while one runs is made again, fresh, when that one ends."""
+        if self.done:
+            return
+        if self.look is not None:
+            self.again = True
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.look = asyncio.ensure_future(self._look(periodic))
+
+    async def _look(self, periodic: bool) -> None:
         try:
-            # The push hub names a folder the moment its watcher sees it change; the periodic look is the
-            # safety net for changes a watcher cannot see (another folder's flags, say). asyncio.timeout
-            # rather than wait_for: no task per held Ping.
-            async with asyncio.timeout(min(beat, deadline) - now):
-                if await queue.get() is None:
-                    return _answer(EXPIRED)
-            periodic = False
-        except TimeoutError:
-            continue
+            while True:
+                self.again = False
+                answer = _verdict(await _changed(self.call, self.folders, shared=periodic))
+                if answer is not None or not self.again:
+                    break
+                periodic = False
+        except Exception as exc:  # noqa: BLE001 - the shell answers it as it answers any command's failure
+            self.look = None
+            self.finish(exc)
+            return
+        self.look = None
+        if answer is not None:
+            self.finish(answer)
+        elif not self.done:
+            self._arm()
+
+
+def held_count() -> int:
+    return len(_held)
+
+
+def release_all() -> None:
+    """The gateway is stopping: drop every held Ping's connection unanswered (the phone pings again)."""
+    for hold in list(_held.values()):
+        link = hold.link
+        hold.lost()
+        if link is not None:
+            link.close()
 
 
 async def _changed(call: EasCall, folders: list[str], shared: bool = False) -> list[str] | None:
@@ -147,6 +263,8 @@ async def _changed(call: EasCall, folders: list[str], shared: bool = False) -> l
             continue
         held = FolderState.load(latest.blob)
         status = await (_shared_status(call.user.address, store, name) if shared else store.status(name))
+        call.services.push.saw(call.user.address, name, (status.uidvalidity, status.highestmodseq,
+                                                         status.uidnext, status.messages))
         marks = (status.highestmodseq, status.uidnext, status.messages)
         if held.pending or marks != tuple(held.marks) or status.uidvalidity != held.uidvalidity:
             out.append(folder_id)
