@@ -135,11 +135,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _status_or_http(request, call, *refused)
         answer = await command.run(call)
         if isinstance(answer, Hold):
-            parked = park(request)
+            parked = park(request, _ParkedPing)
             if parked is not None:
-                link = _ParkedLink(parked, _wants_gzip(request), user.address, req.device_id, ctx.metrics)
+                parked.gzip, parked.user, parked.device = _wants_gzip(request), user.address, req.device_id
+                parked.since = time.monotonic()
                 parked.on_lost(answer.lost)
-                answer.start(link)
+                answer.start(parked)
                 result = "held"
                 return parked_response()
             answer = await _hold_here(answer)
@@ -204,14 +205,10 @@ class _Waiting:
             self.future.cancel()
 
 
-class _ParkedLink:
-    """Writes a parked Ping's answer on its connection (and logs it, as the shell logs a command)."""
+class _ParkedPing(Parked):
+    """A parked Ping's connection, which writes its answer (and logs it, as the shell logs a command)."""
 
-    __slots__ = ("parked", "gzip", "user", "device", "metrics", "since")
-
-    def __init__(self, parked: Parked, gzip_ok: bool, user: str, device: str, metrics) -> None:
-        self.parked, self.gzip, self.user, self.device, self.metrics = parked, gzip_ok, user, device, metrics
-        self.since = time.monotonic()
+    __slots__ = ("gzip", "user", "device", "since")
 
     def deliver(self, result: wbxml.Element | Exception) -> None:
         if isinstance(result, Exception):
@@ -221,10 +218,7 @@ class _ParkedLink:
         log.info("eas held answer", extra={"event": "eas", "command": "Ping", "user": self.user,
                                            "device": self.device, "result": outcome, "http": response.status,
                                            "held_s": round(time.monotonic() - self.since, 1)})
-        self.parked.send(response)
-
-    def close(self) -> None:
-        self.parked.close()
+        self.send(response)
 
 
 def _refusal(device, policy_key: int | None, check_policy: bool, digest: str) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from email.utils import formatdate
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -49,6 +50,9 @@ class _Gone(web.StreamResponse):
 def parked_response() -> web.StreamResponse:
     """What a handler returns for the request it has just parked."""
     return _Gone(status=200)
+
+
+P = TypeVar("P", bound="Parked")
 
 
 class Parked(asyncio.Protocol):
@@ -114,9 +118,9 @@ class Parked(asyncio.Protocol):
             self._transport.close()
 
 
-def park(request: web.BaseRequest) -> Parked | None:
-    """Take ``request``'s connection out of aiohttp, or None when that cannot be done safely (the request is
-    then held the ordinary way). The handler must return ``parked_response()`` at once (no await in between) after a
+def park(request: web.BaseRequest, make: type[P]) -> P | None:
+    """Take ``request``'s connection out of aiohttp into a new ``make`` (Parked or a subclass of it), or None
+    when that cannot be done safely (the request is then held the ordinary way). The handler must return ``parked_response()`` at once (no await in between) after a
     successful park; the answer goes out later through ``Parked.send``."""
     handler, transport = request.protocol, request.transport
     if type(handler) is not RequestHandler or transport is None or transport.is_closing():
@@ -127,7 +131,7 @@ def park(request: web.BaseRequest) -> Parked | None:
     server = getattr(handler, "_manager", None)
     if server is None or not _body_read(request):
         return None
-    parked = Parked(transport, server, request.keep_alive, request.version < (1, 1))
+    parked = make(transport, server, request.keep_alive, request.version < (1, 1))
     transport.set_protocol(parked)
     handler.transport = None  # so that aiohttp's goodbye below does not close the connection
     handler.connection_lost(None)

@@ -20,6 +20,7 @@ from adapters.errors import BackendUnavailable
 from adapters.imap import ImapMailStore
 from adapters.interfaces import Credentials, UserRecord
 
+from ..memtrim import give_back
 from .backends import Backends
 
 
@@ -88,10 +89,14 @@ class MailSessions:
         while self._held:
             await asyncio.sleep(min(30.0, self.idle_close / 2))
             now = time.monotonic()
+            closed = 0
             for key, held in list(self._held.items()):
                 if now - held.used > self.idle_close:
                     del self._held[key]
                     await _quietly_close(held.stack)
+                    closed += 1
+            if closed:
+                give_back()  # what those sessions held (TLS buffers above all) is free now: let the system have it
 
     async def close(self) -> None:
         if self._sweeper is not None:

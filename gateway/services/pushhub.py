@@ -45,7 +45,7 @@ class Inbox:
 
     __slots__ = ("folders", "_items", "_wake", "on_put")
 
-    def __init__(self, folders: frozenset[str]) -> None:
+    def __init__(self, folders: tuple[str, ...]) -> None:
         self.folders = folders
         self._items: list | None = None
         self._wake: asyncio.Future | None = None
@@ -223,7 +223,7 @@ class PushHub:
                 watcher.waiters |= old.waiters  # they go on hearing through the new credentials' watcher
             for name in channels(user):
                 watcher.unsubscribe.append(await self.bus.subscribe(name, watcher.notify))
-        waiter = Inbox(frozenset(folders))
+        waiter = Inbox(tuple(sorted(folders)))  # a tuple: 150 bytes less than a frozenset, and as quick for a few
         watcher.waiters.add(waiter)
         return waiter
 

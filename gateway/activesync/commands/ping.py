@@ -31,6 +31,8 @@ from .foldersync import known_folders
 from .pimcollection import pending_count
 from ...services.mailsync import FolderState
 from ...services.pushhub import Inbox
+from ...state import Device
+from ...timewheel import wheel
 
 NS = "Ping"
 # Ping status (MS-ASCMD 2.2.3.177.11).
@@ -84,7 +86,7 @@ async def run(call: EasCall) -> Element | Hold:
     if answer is not None:
         push.leave(call.user.address, inbox)
         return answer
-    return Hold(call, inbox, folders, deadline, cfg.ping_check_interval)
+    return Hold(call, inbox, folders, deadline)
 
 
 def _saved_key(call: EasCall) -> str:
@@ -128,24 +130,26 @@ class Link(Protocol):
 
 
 class Hold:
-    """A Ping waiting for its answer. It is not a coroutine: thousands are held, so it keeps the call,
-    its push-hub inbox and one timer, and runs a look (a short task) only when the push hub names a
-    watched folder or its timer fires. The timer falls on the user's beat (every ``ping_check_interval``
-    seconds at a phase of the user's own, so the user's phones look together and share one STATUS while
-    users stay spread out) or at the end of the heartbeat, which answers Status 1 after a last look."""
+    """A Ping waiting for its answer. It is not a coroutine: thousands are held, so it keeps what its looks
+    need (no parsed request, no device record), its push-hub inbox and a place on the time wheel, and runs
+    a look (a short task) only when the push hub names a watched folder or its time comes. That time is
+    the user's beat (every ``ping_check_interval`` seconds at a phase of the user's own, so the user's
+    phones look together and share one STATUS while users stay spread out) or the end of the heartbeat,
+    which answers Status 1 after a last look."""
 
-    __slots__ = ("call", "inbox", "folders", "deadline", "every", "phase", "link", "timer", "look", "again",
-                 "done", "result")
+    __slots__ = ("services", "user", "creds", "device_id", "version", "client_ip", "inbox", "folders", "deadline",
+                 "link", "due", "periodic", "look", "again", "done", "result")
 
-    def __init__(self, call: EasCall, inbox: Inbox, folders: list[str], deadline: float, every: float) -> None:
-        self.call, self.inbox, self.folders, self.deadline, self.every = call, inbox, folders, deadline, every
-        self.phase = zlib.crc32(call.user.address.encode()) % 1000 / 1000 * every
+    def __init__(self, call: EasCall, inbox: Inbox, folders: list[str], deadline: float) -> None:
+        self.services, self.user, self.creds = call.services, call.user, call.creds
+        self.device_id, self.version, self.client_ip = call.device.device_id, call.version, call.client_ip
+        self.inbox, self.folders, self.deadline = inbox, folders, deadline
         self.link: Link | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.due: int | None = None  # the time wheel's
+        self.periodic = self.again = self.done = False
         self.look: asyncio.Task | None = None
-        self.again = self.done = False
         self.result: Element | Exception | None = None
-        _held[(call.user.address, call.device.device_id)] = self
+        _held[(self.user.address, self.device_id)] = self
 
     def start(self, link: Link) -> None:
         """Begin waiting; the answer goes to ``link``."""
@@ -155,7 +159,7 @@ class Hold:
         self.link = link
         self.inbox.on_put = self._heard
         if self.inbox.drain():
-            self._wake()
+            self._look_now()
         else:
             self._arm()
 
@@ -178,46 +182,53 @@ class Hold:
 
     def _release(self) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        wheel().cancel(self)
         if self.look is not None and self.look is not asyncio.current_task():
             self.look.cancel()
         self.look = None
-        self.call.services.push.leave(self.call.user.address, self.inbox)
-        me = (self.call.user.address, self.call.device.device_id)
+        self.services.push.leave(self.user.address, self.inbox)
+        me = (self.user.address, self.device_id)
         if _held.get(me) is self:
             del _held[me]
 
+    def _call(self) -> EasCall:
+        """What a look needs of the request, made afresh for each look."""
+        return EasCall(self.services, None, self.user, self.creds, Device(self.user.address, self.device_id),
+                       self.version, None, b"", self.client_ip)
+
     def _heard(self, item: object) -> None:
-        self._wake()
+        self._look_now()
 
     def _arm(self) -> None:
         now = time.monotonic()
         if now >= self.deadline:
             self.finish(_answer(EXPIRED))
             return
-        beat = now + self.every - (now - self.phase) % self.every
-        delay = min(beat, self.deadline) - now
-        self.timer = asyncio.get_running_loop().call_later(delay, self._wake, beat < self.deadline)
+        every = self.services.ctx.config.activesync.ping_check_interval
+        phase = zlib.crc32(self.user.address.encode()) % 1000 / 1000 * every
+        beat = now + every - (now - phase) % every
+        self.periodic = beat < self.deadline
+        wheel().at(self, min(beat, self.deadline))
 
-    def _wake(self, periodic: bool = False) -> None:
+    def wake(self) -> None:
+        """The time wheel's call: the user's beat or the heartbeat's end has come."""
+        self._look_now(self.periodic)
+
+    def _look_now(self, periodic: bool = False) -> None:
         """Look now; a look asked for while one runs is made again, fresh, when that one ends."""
         if self.done:
             return
         if self.look is not None:
             self.again = True
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        wheel().cancel(self)
         self.look = asyncio.ensure_future(self._look(periodic))
 
     async def _look(self, periodic: bool) -> None:
         try:
             while True:
                 self.again = False
-                answer = _verdict(await _changed(self.call, self.folders, shared=periodic))
+                answer = _verdict(await _changed(self._call(), self.folders, shared=periodic))
                 if answer is not None or not self.again:
                     break
                 periodic = False
