@@ -10,8 +10,8 @@ baseline is a bare aiohttp handler holding the same requests on the same loop an
 Pings held, the back-end load is Dovecot's own count of the IMAP commands the gateway sends over a minute,
 and latency is the time from an LMTP delivery to each of that user's Pings answering.
 
-Two profiles (``bench/run.py --ping-profile``). "idle", the default: casgate's defaults, so the push hub keeps each
-waiting user's INBOX in IMAP IDLE and the Pings look themselves every 30 s. "hook": a deployment whose Dovecot
+Two profiles (``bench/run.py --ping-profile``). "idle", the default: casgate's defaults, so the push hub keeps a
+connection per waiting user in IMAP NOTIFY and IDLE, and the Pings look only when they arrive. "hook": a deployment whose Dovecot
 POSTs its push notifications to the gateway (gateway/services/dovecot_push.py): no IDLE, the push hub looks every
 5 minutes, the Pings every 10, and a user's mail session closes a minute after its last use, so memory is read
 once those sessions have closed; the latency phase checks that the hook, not a look, woke the Pings.
@@ -41,6 +41,7 @@ from urllib.parse import urlencode
 
 from gateway.activesync import wbxml
 from gateway.activesync.wbxml import Element
+from gateway.config import ActiveSyncConfig
 from gateway.demo.dovecot import Dovecot
 from gateway.demo.procs import free_port, stop_process
 
@@ -115,8 +116,11 @@ INTRO = (
     "user's Ping answers (Status 2). Back-end load: Dovecot's count of finished IMAP commands over "
     "{idle} s with every Ping held, per user per minute.")
 PUSH_TEXT = {
-    "idle": ("its push hub logs each user in to Dovecot (IMAP over TLS) and keeps INBOX in IDLE, and each held Ping "
-             "looks at its folder itself every `ping_check_interval` (30 s, the default)."),
+    "idle": ("its push hub logs each user in to Dovecot (IMAP over TLS) on a connection that asks for NOTIFY events "
+             "(casgate's default where the back end offers NOTIFY, as Dovecot does) and waits in IDLE with INBOX "
+             "selected; each Ping looks at its folder (STATUS, over the user's mail session) when it arrives, and "
+             "makes no periodic looks of its own while the user's NOTIFY is on (`ping_check_interval`, 30 s, "
+             "applies only without it)."),
     "hook": ("profile \"hook\": the bench Dovecot runs casgate's push hook (push_notification, Lua driver, the script "
              "of gateway/services/dovecot_push.py), which POSTs each change to the gateway's /casgate/dovecot-push, "
              "and the gateway is set as such a deployment would be: `[activesync] push_idle = false` (no IDLE "
@@ -517,6 +521,11 @@ async def start_server(stack: ExitStack, work: Path, opts: Options, kind: str, t
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+def _close_after(hook: bool) -> float:
+    """Seconds a user's mail session stays open after its last use in the profile (casgate's default unless hook)."""
+    return MAIL_IDLE_CLOSE if hook else ActiveSyncConfig().mail_idle_close
+
+
 def _raise_nofile(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -608,7 +617,7 @@ async def _run(env: GatewayEnv, opts: Options, progress: Progress, pings: int, n
                 picked = _spread(names)
                 result[key] = await _measure_hold(
                     server, target, phones, progress, f"{what} gateway", dovecot=dovecot, conf=conf, idle=tls,
-                    pick=picked, first=nusers, sessions_close=MAIL_IDLE_CLOSE * 1.5 + 5 if hook else 0,
+                    pick=picked, first=nusers, sessions_close=_close_after(hook) * 1.5 + 5,
                     hook_metrics=(https_port, env.certs.ca_cert) if hook else None)
                 result[key]["loop"] = loop_of(server.proc.pid)
                 # The phones that just got mail start the next round with nothing owed, as a phone does.
@@ -819,6 +828,16 @@ def _result(opts: Options, r: dict) -> dict:
     ]
     if hook:
         notes.append(_hook_note(r, steady))
+    else:
+        parts = [f"{what} {m['held_open_kb']['VmRSS'] / 1024:.0f} MB right after the last Ping "
+                 f"({m['held_open_kb'].get('imap_sessions', 0):,} IMAP sessions open), {m['held_kb']['VmRSS'] / 1024:.0f}"
+                 f" MB {_close_after(False) * 1.5 + 5:.0f} s later, the table's figure "
+                 f"({m['held_kb'].get('imap_sessions', 0):,} open)" for what, m in (("TLS", tls), ("plain", plain))
+                 if "held_open_kb" in m]
+        if parts:
+            notes.append("Gateway RSS: " + "; ".join(parts) + ". The users' mail sessions (opened by each Ping's "
+                         "first look) close after `mail_idle_close` (120 s, the default); their NOTIFY connections "
+                         "stay, and the Pings make no looks of their own while NOTIFY is on.")
     if idle:
         notes.append(f"Back-end load over {idle['minutes'] * 60:.0f} s with every Ping held: "
                      f"{commands.get('all', 0):,} IMAP commands for {users:,} users ({by_name or 'none'} per user per "
@@ -841,9 +860,10 @@ def _result(opts: Options, r: dict) -> dict:
                                   changes=CHANGES, spacing=CHANGE_SPACING, idle=IDLE_SECONDS,
                                   push=PUSH_TEXT[profile],
                                   settled=" (once the mail sessions their first looks opened have closed: "
-                                  "`mail_idle_close` and the sweep that applies it, 95 s later)" if hook else "",
+                                  f"`mail_idle_close` and the sweep that applies it, "
+                                  f"{_close_after(hook) * 1.5 + 5:.0f} s later)",
                                   per_user="the user's mail session while open" if hook
-                                  else "the user's IMAP IDLE and store sessions"),
+                                  else "the user's IMAP NOTIFY and store sessions"),
             "rows": rows, "extra_notes": notes,
             "settings": {"rounds": 1, "seconds": "-", "connections": pings, "loop": tls.get("loop"),
                          "pings": pings, "users": users, "heartbeat": HEARTBEAT, "version": VERSION,

@@ -311,15 +311,21 @@ class ActiveSyncConfig:
                                    check=_positive)
     ping_max_folders: int = _opt(300, "Most folders one Ping may watch.", check=_positive)
     ping_check_interval: float = _opt(30.0, "Seconds between a held Ping's own looks at its folders (the "
-                                            "push hub tells it of INBOX changes at once and of other "
-                                            "folders' every push_poll_interval).", check=_positive)
+                                            "push hub tells it of INBOX changes at once, of new mail in "
+                                            "other folders at once with NOTIFY, and of the rest every "
+                                            "push_poll_interval).", check=_positive)
     push_poll_interval: float = _opt(15.0, "Seconds between the push hub's looks (STATUS) at a user's watched "
-                                           "folders other than INBOX, which it watches with IDLE.",
+                                           "folders other than INBOX, which it watches with NOTIFY or IDLE.",
                                      check=_positive)
-    push_idle: bool = _opt(True, "Keep each waiting user's INBOX in IMAP IDLE. Set it to false when Dovecot's "
+    push_idle: bool = _opt(True, "Keep a connection per waiting user that reports changes (IMAP NOTIFY, or IDLE "
+                                 "on INBOX; see push_notify). Set it to false when Dovecot's "
                                  "push notifications reach the gateway (dovecot_push_from): they report every "
                                  "change at once, and each waiting user then costs one back-end connection "
                                  "less (the INBOX is still looked at every push_poll_interval).")
+    push_notify: bool = _opt(True, "With push_idle: where the IMAP back end offers NOTIFY (RFC 5465; Dovecot does), "
+                                   "that connection reports every change in INBOX and new or removed messages in "
+                                   "every other folder at once (flag changes there are still polled); where it "
+                                   "does not, it IDLEs on INBOX.")
     mail_idle_close: float = _opt(120.0, "Seconds a user's back-end mail connection stays open after their "
                                          "last request, so the next sync skips the login.", check=_positive)
     dovecot_push_from: list[str] = _opt(list, "Addresses or networks (CIDR) from which Dovecot's push_notification "

@@ -10,6 +10,7 @@ import imaplib
 import json
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -70,7 +71,60 @@ async def test_idle_watch_ends_on_refused_credentials(dovecot, certs):
     await asyncio.wait_for(watch(_endpoint(dovecot, certs), Credentials(USER, "wrong"), "INBOX", lambda: None), 10)
 
 
-async def test_hub_wakes_waiters_for_inbox_and_polled_folders_and_stops_idle_watchers(tmp_path, dovecot, certs, users):
+async def test_notify_watch_names_each_changed_folder_new_mail_and_flags(dovecot, certs, users):
+    """NOTIFY (RFC 5465) on one connection: a message in a folder with a non-ASCII name (which Dovecot names in
+    raw UTF-8), a flag set in INBOX."""
+    from adapters.imap import ImapMailStore
+    from adapters.imap.idle import watch_all
+    odd = "Prüfung " + uuid.uuid4().hex[:6]
+    seen: list[str] = []
+    ready: list[bool] = []
+    changed = asyncio.Event()
+
+    def on_change(folder: str) -> None:
+        seen.append(folder)
+        changed.set()
+    store = ImapMailStore(_endpoint(dovecot, certs), Credentials(USER, users[USER]))
+    async with AsyncExitStack() as stack:
+        await store.start(stack)
+        await store.create_folder(odd)
+        task = asyncio.ensure_future(watch_all(_endpoint(dovecot, certs), Credentials(USER, users[USER]), on_change,
+                                               ready.append))
+        try:
+            for _ in range(50):
+                if ready:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready == [True] and not seen
+            await store.append(odd, b"Subject: notify\r\n\r\nhello\r\n")
+            await asyncio.wait_for(changed.wait(), 3)
+            assert set(seen) == {odd}
+            seen.clear()
+            changed.clear()
+            m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=tls.client_context(certs.ca_cert))
+            m.login(USER, users[USER])
+            m.select("INBOX")
+            m.store("1", "+FLAGS", "\\Flagged")  # INBOX is selected: its flag changes are reported too
+            m.store("1", "-FLAGS", "\\Flagged")
+            m.logout()
+            await asyncio.wait_for(changed.wait(), 3)
+            assert set(seen) == {"INBOX"}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.delete_folder(odd)
+    assert ready[-1] is False  # the watch's end is reported too
+
+
+async def test_notify_watch_ends_on_refused_credentials(dovecot, certs):
+    from adapters.imap.idle import watch_all
+    assert await asyncio.wait_for(watch_all(_endpoint(dovecot, certs), Credentials(USER, "wrong"), print, print), 10)
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["notify", "idle-and-poll"])
+async def test_hub_wakes_waiters_for_inbox_and_polled_folders_and_stops_idle_watchers(tmp_path, dovecot, certs, users,
+                                                                                     notify):
     (tmp_path / "users.toml").write_text(f'[[user]]\naddress = "{USER}"\n')
     (tmp_path / "casgate.toml").write_text(
         f'[tls]\nca_file = "{certs.ca_cert}"\n[directory]\nusers_file = "users.toml"\n'
@@ -79,19 +133,39 @@ async def test_hub_wakes_waiters_for_inbox_and_polled_folders_and_stops_idle_wat
     config: Config = load(tmp_path / "casgate.toml")
     backends = Backends(config)
     mail = MailSessions(backends, 60)
-    hub = PushHub(backends, mail, poll_interval=0.3)
+    # With NOTIFY a minute between polls shows that NOTIFY told the hub of the new message in Archive.
+    hub = PushHub(backends, mail, poll_interval=60 if notify else 0.3, notify=notify)
     user = UserRecord(USER, USER, "Bob", "example.test", {"imap": "dovecot"})
     creds = Credentials(USER, users[USER])
     try:
         async with hub.waiting(user, "dovecot", creds, "127.0.0.1", {"INBOX", "Archive"}) as queue:
             async with hub.waiting(user, "dovecot", creds, "127.0.0.1", {"Archive"}) as other:
                 assert hub.watching() == 1  # one watcher for both of the user's waiters
-                await asyncio.sleep(0.6)
+                await asyncio.sleep(1.5)  # logged in, watching; Dovecot's own news of a new mailbox is out
+                assert hub._watchers[USER].notifying is notify
+                while not queue.empty():
+                    await queue.get()  # Dovecot reports the folders it made for this new mailbox (NOTIFY)
+                while not other.empty():
+                    await other.get()
                 await _append(dovecot, certs, users)
                 assert await asyncio.wait_for(queue.get(), 2) == "INBOX"
                 assert other.empty()  # not watching INBOX
                 await _append(dovecot, certs, users, "Archive")
                 assert await asyncio.wait_for(other.get(), 3) == "Archive"
+                assert hub.notifying(USER) is notify
+                if notify:
+                    # The NOTIFY connection is lost: its waiters are woken to look for themselves, and it is
+                    # made again.
+                    kicked = subprocess.run(["doveadm", "-c", str(dovecot.root / "dovecot.conf"), "kick", USER],
+                                            capture_output=True, text=True, timeout=30)
+                    assert kicked.returncode == 0, kicked.stderr
+                    assert await asyncio.wait_for(other.get(), 3) == ""
+                    assert not hub.notifying(USER)
+                    for _ in range(100):
+                        if hub.notifying(USER):
+                            break
+                        await asyncio.sleep(0.1)
+                    assert hub.notifying(USER)
         assert hub.watching() == 0  # the last waiter left: the watcher stopped
     finally:
         hub.close()

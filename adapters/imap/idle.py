@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..errors import AuthenticationFailed, BackendUnavailable
 from ..interfaces import Credentials
 from .connect import ImapEndpoint, open_session
-from .wire import mailbox
+from .wire import decode_mailbox, mailbox
 
 log = logging.getLogger("casgate.imap.idle")
 _CHANGE = re.compile(rb"^\* (\d+ (EXISTS|EXPUNGE|FETCH)|VANISHED)", re.I)
@@ -95,3 +95,110 @@ async def _idle(reader: asyncio.StreamReader, writer, folder: str, on_change: Ca
             writer.write(b"DONE\r\n")
             await writer.drain()
             await _tagged(reader, tag, on_change)
+
+
+# --- NOTIFY (RFC 5465): every folder on one connection ------------------------------------------------------
+
+_STATUS = re.compile(rb'^\* STATUS (?:"((?:[^"\\]|\\.)*)"|\{(\d+)\+?\}|([^\s(){]+)) ?', re.I)
+# INBOX selected, with every change reported (FETCH for flags); every other personal folder reported by an
+# untagged STATUS when a message arrives or goes. Flag changes there are not (Dovecot sends none for a folder
+# that is not selected), so those folders are still polled.
+_NOTIFY_SET = b"NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge))"
+
+
+async def watch_all(ep: ImapEndpoint, creds: Credentials, on_change: Callable[[str], None],
+                    on_ready: Callable[[bool], None], client_ip: str | None = None, retry: float = 5.0) -> bool:
+    """Until cancelled: log in, ask for NOTIFY events (every change in INBOX, new and removed messages in every
+    other personal folder), SELECT INBOX, IDLE, and call ``on_change`` with the name of each folder the server
+    reports (INBOX by EXISTS, EXPUNGE or FETCH; any other by its new counters, an untagged STATUS). ``on_ready``
+    is called with True each time the server has taken the NOTIFY (a change may have been missed before a
+    renewed one) and with False when the connection is lost. Returns False at once when the server does not
+    offer NOTIFY (the caller watches with IDLE instead); refused credentials end the watch (True)."""
+    while True:
+        try:
+            session = await open_session(ep, creds, client_ip)
+        except AuthenticationFailed:
+            log.info("notify watch stopped: credentials refused", extra={"event": "idle"})
+            return True
+        except BackendUnavailable:
+            await asyncio.sleep(retry)
+            continue
+        if "NOTIFY" not in session.caps:
+            session.close()
+            return False
+        try:
+            await _notify(session.reader, session.writer, on_change, on_ready)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            session.close()
+            on_ready(False)
+        await asyncio.sleep(retry)
+
+
+async def _notify(reader: asyncio.StreamReader, writer, on_change: Callable[[str], None],
+                  on_ready: Callable[[bool], None]) -> None:
+    writer.write(b"n1 " + _NOTIFY_SET + b"\r\n")
+    await writer.drain()
+    if not (await _answered(reader, b"n1", on_change)).upper().startswith(b"N1 OK"):
+        raise ValueError("the IMAP server refused NOTIFY")
+    writer.write(b"n2 SELECT INBOX\r\n")
+    await writer.drain()
+    # SELECT's own EXISTS counts what is there, not a change.
+    if not (await _answered(reader, b"n2", on_change, selecting=True)).upper().startswith(b"N2 OK"):
+        raise ValueError("cannot select INBOX")
+    on_ready(True)
+    n = 2
+    while True:
+        n += 1
+        tag = b"n%d" % n
+        writer.write(tag + b" IDLE\r\n")
+        await writer.drain()
+        while not (line := await _line(reader)).startswith(b"+"):
+            if line.startswith(tag + b" "):
+                raise ValueError("the IMAP server refused IDLE")
+            await _reported(reader, line, on_change)
+        try:
+            async with asyncio.timeout(REFRESH):
+                while True:
+                    await _reported(reader, await _line(reader), on_change)
+        except TimeoutError:
+            writer.write(b"DONE\r\n")
+            await writer.drain()
+            await _answered(reader, tag, on_change)
+
+
+async def _answered(reader: asyncio.StreamReader, tag: bytes, on_change: Callable[[str], None],
+                    selecting: bool = False) -> bytes:
+    """The tagged answer to ``tag``, reporting what arrives before it."""
+    while not (line := await _line(reader)).startswith(tag + b" "):
+        await _reported(reader, line, on_change, selecting)
+    return line
+
+
+async def _reported(reader: asyncio.StreamReader, line: bytes, on_change: Callable[[str], None],
+                    selecting: bool = False) -> None:
+    """One untagged line while NOTIFY is on: a STATUS names a changed folder, EXISTS, EXPUNGE or FETCH a change
+    in INBOX (unless it is SELECT's own count); BYE ends the connection."""
+    if line.upper().startswith(b"* BYE"):
+        raise ConnectionResetError("server said BYE")
+    if _CHANGE.match(line) and not selecting:
+        on_change("INBOX")
+    found = _STATUS.match(line)
+    if found is not None:
+        quoted, size, atom = found.groups()
+        if size is not None:
+            if int(size) > _MAX_LINE:
+                raise ValueError("over-long mailbox name from the IMAP server")
+            raw = await reader.readexactly(int(size))
+            await _line(reader)  # the rest: the counters
+        elif quoted is not None:
+            raw = re.sub(rb"\\(.)", rb"\1", quoted)
+        else:
+            raw = atom
+        name = decode_mailbox(raw)
+        on_change("INBOX" if name.upper() == "INBOX" else name)
+    elif line.rstrip().endswith(b"}") and b"{" in line:  # another reply's literal: skip its octets
+        size = line.rstrip()[line.rstrip().rindex(b"{") + 1:-1].rstrip(b"+")
+        if size.isdigit():
+            await reader.readexactly(int(size))

@@ -2,10 +2,13 @@
 that tells them.
 
 A user's watcher starts with the first waiting request and stops when the last
-one leaves. It holds one IMAP connection in IDLE on INBOX (new mail there is
-seen the moment the server reports it) and looks at the user's other watched
-folders' counters (STATUS) every ``poll_interval`` seconds, and at the same pace at the ctags of the
-calendars and address books watched (one PROPFIND per DAV back end). What a watcher or
+one leaves. It holds one IMAP connection that reports changes as the server
+sees them: with NOTIFY (RFC 5465) where the back end offers it, every change in
+INBOX and every new or removed message in any other folder; else IDLE on INBOX.
+It looks at the user's other watched folders' counters (STATUS) every
+``poll_interval`` seconds (for what NOTIFY does not report there: flag
+changes), and at the same pace at the ctags of the calendars and address
+books watched (one PROPFIND per DAV back end). What a watcher or
 a front end sees goes out on the bus (Redis with several nodes), so a waiter
 on any node hears a change seen on any other. A waiter gets the
 names of the folders that may have changed; it decides itself whether they
@@ -27,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from adapters.errors import BackendError
-from adapters.imap.idle import watch
+from adapters.imap.idle import watch, watch_all
 from adapters.interfaces import Credentials, UserRecord
 
 from ..state.bus import Bus, LocalBus
@@ -85,6 +88,7 @@ class _Watcher:
         self.waiters: set[Inbox] = set()
         self.last: dict[str, tuple] = {}
         self.unsubscribe: list = []
+        self.notifying = False  # NOTIFY reports new and removed messages in every folder at once
         self.tasks = [asyncio.ensure_future(self._poll())]
         if hub.idle:
             self.tasks.append(asyncio.ensure_future(self._idle()))
@@ -101,8 +105,31 @@ class _Watcher:
         task.add_done_callback(self.hub.publishing.discard)
 
     async def _idle(self) -> None:
+        """NOTIFY for every folder where the back end offers it, else IDLE on INBOX."""
         endpoint = self.hub.backends.imap_endpoint(self.backend)
+        if self.hub.notify and await watch_all(endpoint, self.creds, self._reported, self._notify_ready,
+                                               self.client_ip):
+            return
         await watch(endpoint, self.creds, "INBOX", lambda: self.seen("INBOX"), self.client_ip)
+
+    def _reported(self, folder: str) -> None:
+        if any(folder in w.folders for w in self.waiters):
+            self.seen(folder)
+
+    def _notify_ready(self, ready: bool) -> None:
+        was, self.notifying = self.notifying, ready
+        if was and not ready:
+            # The waiters that relied on NOTIFY go back to looking for themselves (a held Ping re-arms its
+            # own periodic looks after this one).
+            for waiter in list(self.waiters):
+                waiter.put_nowait("")
+        if ready:
+            # Whatever changed before the server took the NOTIFY (or while a lost connection was made
+            # again) is found by one look at the counters the waiters' own looks left.
+            folders = {f for w in self.waiters for f in w.folders if split_key(f) is None}
+            task = asyncio.ensure_future(self._look_mail(folders))
+            self.hub.publishing.add(task)
+            task.add_done_callback(self.hub.publishing.discard)
 
     async def _poll(self) -> None:
         # Calendars and address books are looked at once, for the ctags later looks compare with; a mail
@@ -186,14 +213,17 @@ def channels(user: UserRecord) -> list[str]:
 
 class PushHub:
     def __init__(self, backends: Backends, mail: MailSessions, bus: Bus | None = None,
-                 poll_interval: float = 30.0, idle: bool = True) -> None:
+                 poll_interval: float = 30.0, idle: bool = True, notify: bool = True) -> None:
         """``idle`` False spares each waiting user's IDLE connection, for back ends whose push notifications
-        reach the bus (Dovecot's); the INBOX is then polled like the other folders."""
+        reach the bus (Dovecot's); the INBOX is then polled like the other folders. ``notify``: that connection
+        asks for NOTIFY events of every folder where the back end offers it (no polling of mail folders
+        then), and IDLEs on INBOX only where it does not."""
         self.backends = backends
         self.mail = mail
         self.bus: Bus = bus if bus is not None else LocalBus()
         self.poll_interval = poll_interval
         self.idle = idle
+        self.notify = notify
         self._watchers: dict[str, _Watcher] = {}
         self.publishing: set[asyncio.Task] = set()
 
@@ -245,6 +275,12 @@ class PushHub:
         watcher = self._watchers.get(address)
         if watcher is not None:
             watcher.last.setdefault(folder, marks)
+
+    def notifying(self, address: str) -> bool:
+        """Whether the user's watcher has NOTIFY on: every change in INBOX and every new or removed message
+        elsewhere reaches the waiters at once, and the poll covers the rest."""
+        watcher = self._watchers.get(address)
+        return watcher is not None and watcher.notifying
 
     def watching(self) -> int:
         return len(self._watchers)

@@ -46,7 +46,7 @@ class EasServices:
         cfg = ctx.config.activesync
         from ..policy import digest
         mail = MailSessions(ctx.backends, cfg.mail_idle_close)
-        push = PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval, cfg.push_idle)
+        push = PushHub(ctx.backends, mail, ctx.bus, cfg.push_poll_interval, cfg.push_idle, cfg.push_notify)
         from .ping import held_count
         ctx.metrics.eas_pings_held.set_function(held_count)
         return cls(ctx, DeviceRegistry(ctx.state, cfg.device_rules, cfg.default_access), mail, FolderMap(ctx.state),

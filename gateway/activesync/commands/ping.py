@@ -134,8 +134,8 @@ class Hold:
     need (no parsed request, no device record), its push-hub inbox and a place on the time wheel, and runs
     a look (a short task) only when the push hub names a watched folder or its time comes. That time is
     the user's beat (every ``ping_check_interval`` seconds at a phase of the user's own, so the user's
-    phones look together and share one STATUS while users stay spread out) or the end of the heartbeat,
-    which answers Status 1 after a last look."""
+    phones look together and share one STATUS while users stay spread out; no beat while the user's
+    watcher has NOTIFY on) or the end of the heartbeat, which answers Status 1 after a last look."""
 
     __slots__ = ("services", "user", "creds", "device_id", "version", "client_ip", "inbox", "folders", "deadline",
                  "link", "due", "periodic", "look", "again", "done", "result")
@@ -203,6 +203,12 @@ class Hold:
         now = time.monotonic()
         if now >= self.deadline:
             self.finish(_answer(EXPIRED))
+            return
+        if self.services.push.notifying(self.user.address):
+            # NOTIFY reports the watched folders' changes as they happen and the push hub polls for the rest:
+            # looks of its own would only cost the back end STATUS commands (and keep a session open).
+            self.periodic = False
+            wheel().at(self, self.deadline)
             return
         every = self.services.ctx.config.activesync.ping_check_interval
         phase = zlib.crc32(self.user.address.encode()) % 1000 / 1000 * every
