@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .harness import BENCH_DIR, ROOT
@@ -139,17 +140,33 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def write_docs(names: list[str]) -> Path:
-    """Regenerate docs/benchmarks.md from the stored result of each named benchmark, in that order."""
-    sections = []
+def write_docs(names: list[str], docs: Path = DOCS, results: Path = RESULTS_DIR) -> Path:
+    """Regenerate ``docs`` from the stored result of each named benchmark, in that order. A section already in
+    the file whose benchmark has no stored result here (a fresh checkout: bench/results/ is not in git) is
+    kept as it is, in its place, rather than dropped."""
+    fresh: dict[str, str] = {}
     for name in names:
-        path = RESULTS_DIR / f"{name}.json"
-        if not path.exists():
-            continue
-        stored = json.loads(path.read_text())
-        sections.append(markdown_section(stored["result"], stored["machine"]))
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOCS.with_suffix(".md.tmp")
-    tmp.write_text(DOC_INTRO + "\n" + "\n".join(sections))
-    tmp.replace(DOCS)
-    return DOCS
+        path = results / f"{name}.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            section = markdown_section(stored["result"], stored["machine"])
+            fresh[_heading(section)] = section
+    sections = []
+    for old in (_sections(docs.read_text()) if docs.exists() else []):
+        sections.append(fresh.pop(_heading(old), old))
+    sections += fresh.values()
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = docs.with_suffix(".md.tmp")
+    tmp.write_text(DOC_INTRO + "\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections))
+    tmp.replace(docs)
+    return docs
+
+
+def _sections(text: str) -> list[str]:
+    """The "## " sections of a benchmarks file (the intro before the first one left out)."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return [p for p in parts if p.startswith("## ")]
+
+
+def _heading(section: str) -> str:
+    return section.split("\n", 1)[0].strip()

@@ -421,3 +421,50 @@ def test_deliveries_go_on_when_the_gateway_is_down_or_hung(push_dovecot, push_po
     assert count() == before + 2
     log = push_dovecot.log.read_text()
     assert "casgate push: 9003 connect(" in log and "casgate push: 9003 SSL handshaking" in log
+
+
+# ---- the NOTIFY line reader (adapters/imap/idle.py), fed the server's lines directly
+
+def _feed(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"),
+               min_size=1, max_size=40), st.sampled_from(["quoted", "literal", "utf8-literal"]))
+def test_notify_status_lines_name_their_folder_in_every_form(name, form):
+    from adapters.imap.idle import _reported
+    from adapters.imap.wire import encode_mailbox
+    raw = name.encode() if form == "utf8-literal" and not name.isascii() else encode_mailbox(name)
+    if form == "quoted":
+        head = b'* STATUS "' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'" (MESSAGES 1)\r\n'
+        rest = b""
+    else:
+        head = b"* STATUS {%d}\r\n" % len(raw)
+        rest = raw + b" (MESSAGES 1 UIDNEXT 2)\r\n"
+    seen: list[str] = []
+
+    async def go():
+        reader = _feed(rest)
+        await _reported(reader, head, seen.append)
+        assert reader.at_eof() or not await reader.read()  # the literal and its line were consumed
+    asyncio.run(go())
+    assert seen == ["INBOX" if name.isascii() and name.upper() == "INBOX" else name]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_notify_line_reader_takes_any_bytes_without_surprises(line, rest):
+    from adapters.imap.idle import _reported
+    seen: list[str] = []
+
+    async def go():
+        try:
+            await _reported(_feed(rest), line, seen.append)
+        except (ValueError, ConnectionResetError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+    asyncio.run(go())
+    assert all(isinstance(folder, str) for folder in seen) and len(seen) <= 2

@@ -197,7 +197,7 @@ async def _reported(reader: asyncio.StreamReader, line: bytes, on_change: Callab
         else:
             raw = atom
         name = decode_mailbox(raw)
-        on_change("INBOX" if name.upper() == "INBOX" else name)
+        on_change("INBOX" if name.isascii() and name.upper() == "INBOX" else name)
     elif line.rstrip().endswith(b"}") and b"{" in line:  # another reply's literal: skip its octets
         size = line.rstrip()[line.rstrip().rindex(b"{") + 1:-1].rstrip(b"+")
         if size.isdigit():

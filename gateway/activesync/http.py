@@ -135,6 +135,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _status_or_http(request, call, *refused)
         answer = await command.run(call)
         if isinstance(answer, Hold):
+            if request.transport is None or request.transport.is_closing():
+                answer.lost()  # the phone has gone already: nobody to hold it for
+                result = "gone"
+                return parked_response()
             parked = park(request, _ParkedPing)
             if parked is not None:
                 parked.gzip, parked.user, parked.device = _wants_gzip(request), user.address, req.device_id
