@@ -216,8 +216,8 @@ class PushHub:
                  poll_interval: float = 30.0, idle: bool = True, notify: bool = True) -> None:
         """``idle`` False spares each waiting user's IDLE connection, for back ends whose push notifications
         reach the bus (Dovecot's); the INBOX is then polled like the other folders. ``notify``: that connection
-        asks for NOTIFY events of every folder where the back end offers it (no polling of mail folders
-        then), and IDLEs on INBOX only where it does not."""
+        asks for NOTIFY events where the back end offers it (every change in INBOX, new and removed messages
+        elsewhere; the other folders are still polled, for their flags), and IDLEs on INBOX where it does not."""
         self.backends = backends
         self.mail = mail
         self.bus: Bus = bus if bus is not None else LocalBus()
