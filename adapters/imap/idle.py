@@ -106,6 +106,10 @@ _STATUS = re.compile(rb'^\* STATUS (?:"((?:[^"\\]|\\.)*)"|\{(\d+)\+?\}|([^\s(){]
 _NOTIFY_SET = b"NOTIFY SET (selected (MessageNew MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge))"
 
 
+class _NotifyRefused(Exception):
+    """The server offers NOTIFY but refused ours: IDLE will do instead."""
+
+
 async def watch_all(ep: ImapEndpoint, creds: Credentials, on_change: Callable[[str], None],
                     on_ready: Callable[[bool], None], client_ip: str | None = None, retry: float = 5.0) -> bool:
     """Until cancelled: log in, ask for NOTIFY events (every change in INBOX, new and removed messages in every
@@ -113,7 +117,8 @@ async def watch_all(ep: ImapEndpoint, creds: Credentials, on_change: Callable[[s
     reports (INBOX by EXISTS, EXPUNGE or FETCH; any other by its new counters, an untagged STATUS). ``on_ready``
     is called with True each time the server has taken the NOTIFY (a change may have been missed before a
     renewed one) and with False when the connection is lost. Returns False at once when the server does not
-    offer NOTIFY (the caller watches with IDLE instead); refused credentials end the watch (True)."""
+    offer NOTIFY or refuses ours (the caller watches with IDLE instead); refused credentials end the watch
+    (True)."""
     while True:
         try:
             session = await open_session(ep, creds, client_ip)
@@ -128,6 +133,9 @@ async def watch_all(ep: ImapEndpoint, creds: Credentials, on_change: Callable[[s
             return False
         try:
             await _notify(session.reader, session.writer, on_change, on_ready)
+        except _NotifyRefused:
+            log.info("notify refused by the IMAP server; watching INBOX with IDLE", extra={"event": "idle"})
+            return False
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError, ValueError):
             pass
         finally:
@@ -141,7 +149,7 @@ async def _notify(reader: asyncio.StreamReader, writer, on_change: Callable[[str
     writer.write(b"n1 " + _NOTIFY_SET + b"\r\n")
     await writer.drain()
     if not (await _answered(reader, b"n1", on_change)).upper().startswith(b"N1 OK"):
-        raise ValueError("the IMAP server refused NOTIFY")
+        raise _NotifyRefused()
     writer.write(b"n2 SELECT INBOX\r\n")
     await writer.drain()
     # SELECT's own EXISTS counts what is there, not a change.
