@@ -279,6 +279,16 @@ class DeviceRule:
 
 
 @dataclass(frozen=True)
+class OwaConfig:
+    """[owa]: the web app at /owa/."""
+
+    enabled: bool = _opt(True, "Serve the web app at /owa/ on the HTTPS listener.")
+    session_idle: float = _opt(1800.0, "Seconds a web session lives after its last request.", check=_positive)
+    session_lifetime: float = _opt(12 * 3600.0, "Seconds a web session lives at most, however busy.",
+                                   check=_positive)
+
+
+@dataclass(frozen=True)
 class ActiveSyncConfig:
     """Exchange ActiveSync at /Microsoft-Server-ActiveSync (Exchange: Set-ActiveSyncMailboxPolicy and friends)."""
 
@@ -568,6 +578,7 @@ class Config:
     imap: ImapFrontConfig = field(default_factory=ImapFrontConfig)
     pop3: Pop3FrontConfig = field(default_factory=Pop3FrontConfig)
     activesync: ActiveSyncConfig = field(default_factory=ActiveSyncConfig)
+    owa: OwaConfig = field(default_factory=OwaConfig)
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     domains: dict[str, DomainConfig] = field(default_factory=dict)
     #: Folder relative paths in the file are resolved against.

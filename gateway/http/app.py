@@ -103,6 +103,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     from ..activesync.http import register as register_activesync
     from .freebusy_url import register as register_freebusy_url
     from .dovecot_push import register as register_dovecot_push
+    from ..owa import register as register_owa
     register_ews(app)
     register_autodiscover(app)
     autoconfig.register_extra(app)
@@ -110,4 +111,5 @@ def build_app(ctx: GatewayContext) -> web.Application:
     register_freebusy_url(app)
     register_activesync(app)
     register_dovecot_push(app)
+    register_owa(app)
     return app

@@ -1,0 +1,233 @@
+"""The web app's pages: sign-in and sign-out, and the mailbox's folder tree with unread counts.
+
+Every answer under /owa/ carries a strict Content-Security-Policy (nothing
+inline, nothing from elsewhere, no framing) and is not cached; every
+state-changing request carries a CSRF token (the session's, or before sign-in
+a double-submit cookie), and sign-in goes through the authentication service,
+so its back-off applies here as everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import jinja2
+from aiohttp import web
+
+from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable
+from adapters.interfaces import Credentials
+
+from ..http.app import CTX
+from ..http.basic_auth import client_ip
+from ..services.auth import LoginThrottled
+from ..services.mailsessions import MailSessions
+from .sessions import WebSession, WebSessions
+
+log = logging.getLogger("casgate.owa")
+HERE = Path(__file__).parent
+COOKIE = "casgate-owa"
+PRE_COOKIE = "casgate-owa-signin"  # the sign-in form's double-submit CSRF token
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                          trim_blocks=True, lstrip_blocks=True)
+OWA = web.AppKey("owa", object)
+_MAX_FORM = 16 * 1024
+
+
+class _Owa:
+    def __init__(self, app: web.Application) -> None:
+        ctx = app[CTX]
+        cfg = ctx.config.owa
+        self.ctx = ctx
+        self.sessions = WebSessions(ctx.state, cfg.session_idle, cfg.session_lifetime)
+        self.mail = MailSessions(ctx.backends, ctx.config.activesync.mail_idle_close)
+
+
+def register(app: web.Application) -> None:
+    if not app[CTX].config.owa.enabled:
+        return
+    app[OWA] = None
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    app.middlewares.append(_headers)
+    app.router.add_get("/owa", _to_home)
+    app.router.add_get("/owa/", home)
+    app.router.add_get("/owa/signin", signin_form)
+    app.router.add_post("/owa/signin", signin)
+    app.router.add_post("/owa/signout", signout)
+    app.router.add_static("/owa/static/", HERE / "static", append_version=False)
+
+
+async def _to_home(request: web.Request) -> web.Response:
+    return _redirect("/owa/")
+
+
+async def _start(app: web.Application) -> None:
+    app[OWA] = _Owa(app)
+
+
+async def _stop(app: web.Application) -> None:
+    if app[OWA] is not None:
+        await app[OWA].mail.close()
+
+
+@web.middleware
+async def _headers(request: web.Request, handler) -> web.StreamResponse:
+    if not request.path.startswith("/owa"):
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+        _secure(response, request.path)
+        raise
+    _secure(response, request.path)
+    return response
+
+
+def _secure(response: web.StreamResponse, path: str) -> None:
+    h = response.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "no-referrer")
+    h.setdefault("X-Frame-Options", "DENY")
+    if not path.startswith("/owa/static/"):
+        h.setdefault("Cache-Control", "no-store")
+
+
+def _page(template: str, status: int = 200, **values) -> web.Response:
+    return web.Response(status=status, text=_ENV.get_template(template).render(**values),
+                        content_type="text/html", charset="utf-8")
+
+
+def _redirect(to: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": to})
+
+
+async def _session(request: web.Request) -> WebSession | None:
+    return await request.app[OWA].sessions.get(request.cookies.get(COOKIE))
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    if request.content_length is not None and request.content_length > _MAX_FORM:
+        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=request.content_length)
+    raw = await request.content.read(_MAX_FORM + 1)
+    if len(raw) > _MAX_FORM:
+        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=len(raw))
+    try:
+        return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20))
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text="the form could not be read\n") from None
+
+
+# --- sign-in and sign-out ------------------------------------------------------------------------------------
+
+async def signin_form(request: web.Request) -> web.Response:
+    if await _session(request) is not None:
+        return _redirect("/owa/")
+    return _signin_page(request)
+
+
+def _signin_page(request: web.Request, error: str = "", address: str = "", status: int = 200) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    response = _page("signin.html", status, csrf=token, error=error, address=address)
+    response.set_cookie(PRE_COOKIE, token, path="/owa/signin", secure=True, httponly=True, samesite="Strict")
+    return response
+
+
+async def signin(request: web.Request) -> web.Response:
+    form = await _form(request)
+    sent, expected = form.get("csrf", ""), request.cookies.get(PRE_COOKIE, "")
+    if not sent or not expected or not secrets.compare_digest(sent, expected):
+        return _signin_page(request, "Your sign-in form had expired. Please try again.", status=403)
+    address, password = form.get("address", "").strip(), form.get("password", "")
+    if not address or not password or len(address) > 320 or len(password) > 1024:
+        return _signin_page(request, "Enter your e-mail address and password.", address[:320], 400)
+    ctx = request.app[CTX]
+    try:
+        result = await ctx.auth.authenticate(address, password, client_ip(request))
+    except LoginThrottled as exc:
+        response = _signin_page(request, f"Too many failed sign-ins. Try again in {exc.retry_after} seconds.",
+                                address, 429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except AuthenticationFailed:
+        return _signin_page(request, "The e-mail address or password is not right.", address, 401)
+    except BackendUnavailable:
+        return _signin_page(request, "Your mailbox cannot be reached right now. Try again later.", address, 503)
+    user = result.user
+    cookie, _ = await request.app[OWA].sessions.create(user.address, user.login, password)
+    log.info("owa sign-in", extra={"event": "owa", "user": user.address, "client": client_ip(request)})
+    response = _redirect("/owa/")
+    response.set_cookie(COOKIE, cookie, path="/owa/", secure=True, httponly=True, samesite="Lax")
+    response.del_cookie(PRE_COOKIE, path="/owa/signin")
+    return response
+
+
+async def signout(request: web.Request) -> web.Response:
+    session = await _session(request)
+    form = await _form(request)
+    if session is None:
+        return _redirect("/owa/signin")
+    if not session.csrf_ok(form.get("csrf")):
+        raise web.HTTPForbidden(text="the request did not carry this session's token\n")
+    await request.app[OWA].sessions.end(session.id)
+    log.info("owa sign-out", extra={"event": "owa", "user": session.address})
+    response = _redirect("/owa/signin")
+    response.del_cookie(COOKIE, path="/owa/")
+    return response
+
+
+# --- mail ------------------------------------------------------------------------------------------------------
+
+async def home(request: web.Request) -> web.Response:
+    session = await _session(request)
+    if session is None:
+        return _redirect("/owa/signin")
+    owa: _Owa = request.app[OWA]
+    user = owa.ctx.directory.find(session.address)
+    if user is None:
+        await owa.sessions.end(session.id)
+        return _redirect("/owa/signin")
+    backend = owa.ctx.directory.route(user, "imap")
+    try:
+        store = await owa.mail.store(user, backend, Credentials(session.login, session.password), client_ip(request))
+        folders = await store.list_folders()
+        unseen = {f.name: (await store.status(f.name)).unseen for f in folders
+                  if "\\Noselect" not in f.flags and "\\NonExistent" not in f.flags}
+    except AuthenticationFailed:
+        await owa.sessions.end(session.id)
+        return _redirect("/owa/signin")
+    except BackendError as exc:
+        log.warning("owa mail failed", extra={"event": "owa", "user": session.address, "error": str(exc)[:200]})
+        raise web.HTTPServiceUnavailable(text="your mailbox cannot be reached right now\n",
+                                         headers={"Retry-After": "30"}) from None
+    current = request.query.get("folder", "INBOX")
+    return _page("mail.html", address=session.address, csrf=session.csrf, current=current,
+                 folders=_tree([(f.name, f.delimiter, unseen.get(f.name, 0)) for f in folders]))
+
+
+def _tree(folders: list[tuple[str, str, int]]) -> list[dict]:
+    """Nested nodes (name, label, unseen, children, selectable) from flat folder names, INBOX first, then by
+    name; a parent the server does not list (it only holds folders) is shown, not linked."""
+    roots: list[dict] = []
+    nodes: dict[str, dict] = {}
+
+    def place(name: str, delimiter: str, unseen: int, selectable: bool) -> dict:
+        if name in nodes:
+            if selectable:  # listed after a child made a holder for it
+                nodes[name].update(unseen=unseen, selectable=True)
+            return nodes[name]
+        parent, _, label = name.rpartition(delimiter) if delimiter else ("", "", name)
+        node = {"name": name, "label": label or name, "unseen": unseen, "children": [], "selectable": selectable}
+        nodes[name] = node
+        (place(parent, delimiter, 0, False)["children"] if parent else roots).append(node)
+        return node
+
+    for name, delimiter, unseen in sorted(folders, key=lambda f: (f[0].upper() != "INBOX", f[0].lower())):
+        place(name, delimiter, unseen, True)
+    return roots

@@ -1,0 +1,131 @@
+"""The web app's sign-in, session and folder tree, against a real gateway and the session's Dovecot (HTTP over TLS
+with requests; the browser tests drive Chromium separately)."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import sqlite3
+import ssl
+import time
+import uuid
+
+import pytest
+import requests
+
+from gateway.demo.procs import free_port
+from gatewayproc import config_toml, start_gateway, stop_gateway, users_toml, write_config
+
+USER = "carol@example.test"
+
+
+@pytest.fixture(scope="module")
+def web(workdir, certs, dovecot, users):
+    root = workdir / f"owa-{free_port()}"
+    https = free_port()
+    extra = '[domains."example.test"]\nimap = "dovecot"\n[owa]\nsession_idle = 4\n'
+    write_config(root, config_toml(certs, dovecot, https=https, extra=extra), users_toml([USER]))
+    proc = start_gateway(root, [https])
+    yield {"base": f"https://127.0.0.1:{https}", "ca": str(certs.ca_cert), "root": root,
+           "password": users[USER]}
+    stop_gateway(proc)
+    log = (root / "gateway.log").read_text()
+    assert users[USER] not in log  # the password never reaches the log
+    assert "Traceback" not in log, log[-3000:]
+
+
+def _browser(web) -> requests.Session:
+    s = requests.Session()
+    s.verify = web["ca"]
+    s.trust_env = False
+    return s
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def _sign_in(web, s: requests.Session, password: str | None = None) -> requests.Response:
+    form = s.get(web["base"] + "/owa/signin")
+    return s.post(web["base"] + "/owa/signin", allow_redirects=False,
+                  data={"csrf": _csrf(form.text), "address": USER, "password": password or web["password"]})
+
+
+def test_sign_in_gives_a_locked_down_session_and_the_folder_tree_with_unread_counts(web, dovecot, certs):
+    s = _browser(web)
+    first = s.get(web["base"] + "/owa/", allow_redirects=False)
+    assert first.status_code == 303 and first.headers["Location"] == "/owa/signin"
+    page = s.get(web["base"] + "/owa/signin")
+    assert page.status_code == 200 and 'type="password"' in page.text and '<label for="address">' in page.text
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and page.headers["Cache-Control"] == "no-store"
+    assert "<script" not in page.text and not re.search(r"<[^>]*\son\w+=", page.text)  # nothing inline
+
+    # An unread message in a subfolder with a non-ASCII name, to count.
+    folder = "Projekte/Ärger " + uuid.uuid4().hex[:4]
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
+        cafile=str(certs.ca_cert)))
+    m.login(USER, web["password"])
+    from adapters.imap.wire import mailbox
+    quoted = mailbox(folder).decode()
+    assert m.create(quoted)[0] == "OK"
+    assert m.append(quoted, None, None, b"Subject: unread\r\n\r\nhello\r\n")[0] == "OK"
+
+    signed = _sign_in(web, s)
+    assert signed.status_code == 303 and signed.headers["Location"] == "/owa/"
+    cookie = next(c for c in signed.cookies if c.name == "casgate-owa")
+    raw_cookie = signed.headers["Set-Cookie"]
+    assert cookie.secure and "HttpOnly" in raw_cookie and "SameSite=Lax" in raw_cookie and cookie.path == "/owa/"
+    home = s.get(web["base"] + "/owa/")
+    assert home.status_code == 200 and USER in home.text
+    assert 'aria-label="Folders"' in home.text and ">INBOX<" in home.text
+    leaf = folder.rpartition("/")[2]
+    assert re.search(rf">{re.escape(leaf)}</span>\s*<span class=\"unseen\" aria-label=\"1 unread\">1</span>",
+                     home.text), home.text
+    # The parent, shown (not linked: the server holds no messages there) with the child nested under it.
+    assert re.search(r'<span class="name holder">Projekte</span>\s*<ul>\s*<li>\s*<a href="/owa/\?folder=Projekte',
+                     home.text), home.text
+    m.delete(quoted)
+    m.logout()
+
+    # The state store holds the session sealed: no password in it.
+    db = sqlite3.connect(web["root"] / "state.db")
+    blobs = [bytes(v) for (v,) in db.execute("SELECT value FROM kv WHERE ns = 'owa-session'")]
+    db.close()
+    assert blobs and all(web["password"].encode() not in b and USER.encode() not in b for b in blobs)
+
+    # Sign-out needs the session's token; then the cookie is worthless.
+    refused = s.post(web["base"] + "/owa/signout", data={"csrf": "forged"}, allow_redirects=False)
+    assert refused.status_code == 403
+    assert s.get(web["base"] + "/owa/", allow_redirects=False).status_code == 200
+    out = s.post(web["base"] + "/owa/signout", data={"csrf": _csrf(home.text)}, allow_redirects=False)
+    assert out.status_code == 303 and out.headers["Location"] == "/owa/signin"
+    replay = _browser(web)
+    replay.cookies.set("casgate-owa", cookie.value, domain=cookie.domain, path="/owa/")
+    assert replay.get(web["base"] + "/owa/", allow_redirects=False).status_code == 303
+
+
+def test_wrong_password_forged_form_and_tampered_cookie_get_nowhere(web):
+    s = _browser(web)
+    wrong = _sign_in(web, s, password="not-the-password")
+    assert wrong.status_code == 401 and "not right" in wrong.text and "casgate-owa" not in wrong.cookies
+    forged = _browser(web).post(web["base"] + "/owa/signin", allow_redirects=False,
+                                data={"csrf": "x", "address": USER, "password": web["password"]})
+    assert forged.status_code == 403 and "casgate-owa" not in forged.cookies  # no double-submit cookie
+    signed = _sign_in(web, s)
+    assert signed.status_code == 303
+    value = s.cookies.get("casgate-owa")
+    sid, _, key = value.partition(".")
+    for bad in (sid + "." + key[::-1], sid[::-1] + "." + key, sid, "", "a.b.c"):
+        other = _browser(web)
+        other.cookies.set("casgate-owa", bad, path="/owa/")
+        assert other.get(web["base"] + "/owa/", allow_redirects=False).status_code == 303
+
+
+def test_an_idle_session_expires(web):
+    s = _browser(web)
+    assert _sign_in(web, s).status_code == 303
+    assert s.get(web["base"] + "/owa/", allow_redirects=False).status_code == 200
+    time.sleep(5)  # session_idle = 4
+    assert s.get(web["base"] + "/owa/", allow_redirects=False).status_code == 303
