@@ -54,6 +54,21 @@ class MessageSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message as a message list shows it (RFC 3501 ENVELOPE, decoded), with its place in the folder."""
+
+    seq: int
+    uid: int
+    flags: tuple[str, ...]
+    internaldate: str | None
+    size: int
+    subject: str
+    sender_name: str
+    sender_address: str
+    date: str | None  # the Date header as sent
+
+
+@dataclass(frozen=True, slots=True)
 class CalendarInfo:
     """One calendar collection."""
 

@@ -129,3 +129,40 @@ def test_an_idle_session_expires(web):
     assert s.get(web["base"] + "/owa/", allow_redirects=False).status_code == 200
     time.sleep(5)  # session_idle = 4
     assert s.get(web["base"] + "/owa/", allow_redirects=False).status_code == 303
+
+
+def test_the_message_list_pages_newest_first_with_marks_and_escapes_what_mail_says(web, dovecot, certs):
+    folder = "List" + uuid.uuid4().hex[:6]
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
+        cafile=str(certs.ca_cert)))
+    m.login(USER, web["password"])
+    assert m.create(folder)[0] == "OK"
+    for i in range(57):
+        subject = f"note {i:02d}"
+        if i == 56:
+            subject = "=?utf-8?q?Gr=C3=BC=C3=9Fe_<script>alert(1)</script>?="
+        msg = (f'From: "Zoë <b>Bold</b>" <zoe{i}@example.test>\r\nTo: {USER}\r\nSubject: {subject}\r\n'
+               f"Date: Fri, 27 Nov 2026 10:{i:02d}:00 +0000\r\n\r\nbody {i}\r\n")
+        flags = "(\\Flagged)" if i == 55 else "(\\Seen)" if i == 54 else None
+        assert m.append(folder, flags, None, msg.encode())[0] == "OK"
+    m.logout()
+    s = _browser(web)
+    assert _sign_in(web, s).status_code == 303
+    first = s.get(web["base"] + "/owa/", params={"folder": folder})
+    assert first.status_code == 200
+    rows = re.findall(r'<tr class="(unread|read)">(.*?)</tr>', first.text, re.S)
+    assert len(rows) == 50 and "1-50 of 57" in first.text and "Page 1 of 2" in first.text
+    newest = rows[0][1]
+    assert "Grüße &lt;script&gt;alert(1)&lt;/script&gt;" in newest and "<script>" not in first.text
+    assert "Zoë &lt;b&gt;Bold&lt;/b&gt;" in newest and 'title="zoe56@example.test"' in newest
+    assert rows[1][0] == "unread" and 'aria-label="flagged"' in rows[1][1]  # note 55
+    assert rows[2][0] == "read" and "note 54" in rows[2][1]
+    assert "note 07" in rows[-1][1]
+    older = s.get(web["base"] + "/owa/", params={"folder": folder, "page": "1"})
+    rows2 = re.findall(r'<tr class="(?:unread|read)">(.*?)</tr>', older.text, re.S)
+    assert len(rows2) == 7 and "note 06" in rows2[0] and "note 00" in rows2[-1] and "51-57 of 57" in older.text
+    assert 'rel="prev"' in older.text and 'rel="next"' not in older.text
+    beyond = s.get(web["base"] + "/owa/", params={"folder": folder, "page": "99"})
+    assert beyond.status_code == 200 and not re.findall(r'<tr class="(?:unread|read)">', beyond.text)
+    missing = s.get(web["base"] + "/owa/", params={"folder": "No such " + folder})
+    assert missing.status_code == 404 and missing.headers["Content-Security-Policy"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.errors
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from email.header import decode_header, make_header
 
 from ..errors import BackendError, BackendUnavailable, InvalidData, NotFound
-from ..interfaces import Credentials, Folder, FolderStatus, MessageSummary
+from ..interfaces import Credentials, Envelope, Folder, FolderStatus, MessageSummary
 from .connect import ImapEndpoint
 from .wire import (Answer, Data, ImapConnection, Literal, astring, decode_mailbox, flag_list, internal_date,
                    mailbox, number)
@@ -45,6 +47,42 @@ def _summary(d: Data) -> MessageSummary | None:
     date = a.get(b"INTERNALDATE")
     return MessageSummary(number(a[b"UID"]), number(a.get(b"RFC822.SIZE", b"0")), _names(a.get(b"FLAGS")),
                           date.decode("ascii", "replace") if type(date) is bytes else None)
+
+
+def _envelope(d: Data) -> Envelope | None:
+    a = d.attrs()
+    env = a.get(b"ENVELOPE")
+    if b"UID" not in a or d.number is None:
+        return None
+    env = env if type(env) is tuple and len(env) >= 3 else (None, None, None)
+    name, address = _first_address(env[2])
+    date = a.get(b"INTERNALDATE")
+    return Envelope(d.number, number(a[b"UID"]), _names(a.get(b"FLAGS")),
+                    date.decode("ascii", "replace") if type(date) is bytes else None,
+                    number(a.get(b"RFC822.SIZE", b"0")), _header_text(env[1]), name, address,
+                    env[0].decode("ascii", "replace") if type(env[0]) is bytes else None)
+
+
+def _first_address(addresses: object) -> tuple[str, str]:
+    """(display name, address) of the first of an ENVELOPE address list ((name adl mailbox host) ...)."""
+    if type(addresses) is not tuple or not addresses or type(addresses[0]) is not tuple or len(addresses[0]) < 4:
+        return "", ""
+    name, _, box, host = addresses[0][:4]
+    address = "@".join(p.decode("utf-8", "replace") for p in (box, host) if type(p) is bytes)
+    return _header_text(name), address
+
+
+def _header_text(value: object) -> str:
+    """A header value as a reader sees it: RFC 2047 encoded words decoded, raw 8-bit read as UTF-8."""
+    if type(value) is not bytes:
+        return ""
+    text = value.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    try:
+        return str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return text
 
 
 def _expand(uid_set: str) -> list[int]:
@@ -230,6 +268,24 @@ class ImapMailStore:
         out = [s for d in answer.data("FETCH") if (s := _summary(d)) is not None]
         out.sort(key=lambda m: m.uid)
         return out
+
+    async def page(self, folder: str, skip: int, limit: int) -> tuple[int, list[Envelope]]:
+        """(messages in ``folder``, the ``limit`` messages after the ``skip`` newest by arrival, newest first):
+        one page of a message list, fetched by sequence number, so its cost does not grow with the folder."""
+        async with self._exclusive(None) as conn:
+            conn.selected = None
+            answer = await conn.command(b"SELECT", mailbox(folder))
+            conn.selected = folder
+            exists = [d.number for d in answer.data("EXISTS") if d.number is not None]
+            total = exists[-1] if exists else 0
+            high = total - max(0, skip)
+            if high < 1 or limit < 1:
+                return total, []
+            low = max(1, high - limit + 1)
+            fetched = await conn.command(b"FETCH %d:%d (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)" % (low, high))
+        out = [e for d in fetched.data("FETCH") if (e := _envelope(d)) is not None]
+        out.sort(key=lambda e: -e.seq)
+        return total, out
 
     async def fetch_message(self, folder: str, uid: int) -> bytes:
         if uid < 1:

@@ -9,6 +9,7 @@ so its back-off applies here as everywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 from pathlib import Path
@@ -18,7 +19,7 @@ import jinja2
 from aiohttp import web
 
 from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable
-from adapters.interfaces import Credentials
+from adapters.interfaces import Credentials, Envelope
 
 from ..http.app import CTX
 from ..http.basic_auth import client_ip
@@ -36,6 +37,7 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), au
                           trim_blocks=True, lstrip_blocks=True)
 OWA = web.AppKey("owa", object)
 _MAX_FORM = 16 * 1024
+PAGE_SIZE = 50  # messages per page of a message list
 
 
 class _Owa:
@@ -194,11 +196,16 @@ async def home(request: web.Request) -> web.Response:
         await owa.sessions.end(session.id)
         return _redirect("/owa/signin")
     backend = owa.ctx.directory.route(user, "imap")
+    current = request.query.get("folder", "INBOX")
+    page = _page_number(request.query.get("page", "0"))
     try:
         store = await owa.mail.store(user, backend, Credentials(session.login, session.password), client_ip(request))
         folders = await store.list_folders()
         unseen = {f.name: (await store.status(f.name)).unseen for f in folders
                   if "\\Noselect" not in f.flags and "\\NonExistent" not in f.flags}
+        if current not in unseen:
+            raise web.HTTPNotFound(text="there is no such folder\n")
+        total, messages = await store.page(current, page * PAGE_SIZE, PAGE_SIZE)
     except AuthenticationFailed:
         await owa.sessions.end(session.id)
         return _redirect("/owa/signin")
@@ -206,9 +213,32 @@ async def home(request: web.Request) -> web.Response:
         log.warning("owa mail failed", extra={"event": "owa", "user": session.address, "error": str(exc)[:200]})
         raise web.HTTPServiceUnavailable(text="your mailbox cannot be reached right now\n",
                                          headers={"Retry-After": "30"}) from None
-    current = request.query.get("folder", "INBOX")
+    pages = max(1, -(-total // PAGE_SIZE))
     return _page("mail.html", address=session.address, csrf=session.csrf, current=current,
-                 folders=_tree([(f.name, f.delimiter, unseen.get(f.name, 0)) for f in folders]))
+                 folders=_tree([(f.name, f.delimiter, unseen.get(f.name, 0)) for f in folders]),
+                 messages=[_row(m) for m in messages], total=total, page=page, pages=pages,
+                 first=page * PAGE_SIZE + 1 if messages else 0, last=page * PAGE_SIZE + len(messages))
+
+
+def _page_number(text: str) -> int:
+    return min(int(text), 10_000_000) if text.isdigit() else 0
+
+
+def _row(m: Envelope) -> dict:
+    flags = {f.lower() for f in m.flags}
+    return {"uid": m.uid, "subject": m.subject or "(no subject)", "sender": m.sender_name or m.sender_address,
+            "sender_address": m.sender_address, "when": _when(m.internaldate), "unread": "\\seen" not in flags,
+            "flagged": "\\flagged" in flags, "answered": "\\answered" in flags}
+
+
+def _when(internaldate: str | None) -> str:
+    """An IMAP INTERNALDATE ("17-Jul-1996 02:44:25 -0700") as "1996-07-17 02:44", or as it came."""
+    if not internaldate:
+        return ""
+    try:
+        return dt.datetime.strptime(internaldate, "%d-%b-%Y %H:%M:%S %z").strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return internaldate
 
 
 def _tree(folders: list[tuple[str, str, int]]) -> list[dict]:
