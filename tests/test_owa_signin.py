@@ -166,3 +166,50 @@ def test_the_message_list_pages_newest_first_with_marks_and_escapes_what_mail_sa
     assert beyond.status_code == 200 and not re.findall(r'<tr class="(?:unread|read)">', beyond.text)
     missing = s.get(web["base"] + "/owa/", params={"folder": "No such " + folder})
     assert missing.status_code == 404 and missing.headers["Content-Security-Policy"]
+
+
+def test_reading_a_message_shows_it_safely_and_downloads_its_attachment(web, dovecot, certs):
+    folder = "Read" + uuid.uuid4().hex[:6]
+    pdf = b"%PDF-1.4 fake " + bytes(range(256))
+    import base64
+    raw = (f"From: Mallory <mallory@example.test>\r\nTo: {USER}\r\nSubject: invoice <b>now</b>\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+           "Content-Type: text/html; charset=utf-8\r\n\r\n<p>Pay <b>now</b></p><script>steal()</script>"
+           "<img src=https://tracker.example/p.gif onerror=steal()>\r\n--B\r\nContent-Type: text/html\r\n"
+           "Content-Disposition: attachment; filename=\"inv\\\"oice.html\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.b64encode(pdf).decode() + "\r\n--B--\r\n").encode()
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
+        cafile=str(certs.ca_cert)))
+    m.login(USER, web["password"])
+    assert m.create(folder)[0] == "OK"
+    assert m.append(folder, None, None, raw)[0] == "OK"
+    s = _browser(web)
+    assert _sign_in(web, s).status_code == 303
+    listing = s.get(web["base"] + "/owa/", params={"folder": folder}).text
+    link = re.search(r'<a href="(/owa/message\?[^"]+)">invoice &lt;b&gt;now&lt;/b&gt;</a>', listing).group(1)
+    page = s.get(web["base"] + link.replace("&amp;", "&"))
+    assert page.status_code == 200 and "invoice &lt;b&gt;now&lt;/b&gt;" in page.text and "Mallory" in page.text
+    frame = re.search(r"<iframe[^>]*>", page.text, re.S).group(0)
+    assert re.search(r"\ssandbox[\s>]", frame) and "allow-scripts" not in frame and "allow-same-origin" not in frame
+    assert "Remote images in this message were blocked." in page.text and "<script" not in page.text
+    body_url = re.search(r'src="(/owa/message/body\?[^"]+)"', frame).group(1).replace("&amp;", "&")
+    body = s.get(web["base"] + body_url)
+    assert body.status_code == 200 and "Pay <b>now</b>" in body.text
+    assert "script" not in body.text and "onerror" not in body.text
+    assert "default-src 'none'" in body.headers["Content-Security-Policy"]
+    assert "img-src 'none'" in body.headers["Content-Security-Policy"]
+    download = re.search(r'<a href="(/owa/attachment\?[^"]+)"\s+download>([^<]+)</a>', page.text)
+    assert download.group(2) == "inv_oice.html"
+    got = s.get(web["base"] + download.group(1).replace("&amp;", "&"))
+    assert got.status_code == 200 and got.content == pdf
+    assert got.headers["Content-Type"] == "application/octet-stream"
+    assert got.headers["X-Content-Type-Options"] == "nosniff"
+    assert got.headers["Content-Disposition"].startswith('attachment; filename="inv_oice.html"')
+    # Opened: the message is read now, for every client of the mailbox.
+    m.select(folder)
+    assert b"\\Seen" in m.fetch("1", "(FLAGS)")[1][0]
+    assert s.get(web["base"] + "/owa/message", params={"folder": folder, "uid": "x"}).status_code == 400
+    assert s.get(web["base"] + "/owa/message", params={"folder": folder, "uid": "999"}).status_code == 404
+    assert _browser(web).get(web["base"] + body_url, allow_redirects=False).status_code == 303  # not signed in
+    m.delete(folder)
+    m.logout()

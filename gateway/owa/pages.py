@@ -9,22 +9,26 @@ so its back-off applies here as everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
 from pathlib import Path
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 import jinja2
 from aiohttp import web
 
-from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable
+from adapters.errors import AuthenticationFailed, BackendError, BackendUnavailable, NotFound
+from adapters.imap import ImapMailStore
 from adapters.interfaces import Credentials, Envelope
 
 from ..http.app import CTX
 from ..http.basic_auth import client_ip
 from ..services.auth import LoginThrottled
 from ..services.mailsessions import MailSessions
+from . import reading_pages
 from .sessions import WebSession, WebSessions
 
 log = logging.getLogger("casgate.owa")
@@ -61,6 +65,9 @@ def register(app: web.Application) -> None:
     app.router.add_get("/owa/signin", signin_form)
     app.router.add_post("/owa/signin", signin)
     app.router.add_post("/owa/signout", signout)
+    app.router.add_get("/owa/message", reading_pages.message)
+    app.router.add_get("/owa/message/body", reading_pages.body)
+    app.router.add_get("/owa/attachment", reading_pages.attachment)
     app.router.add_static("/owa/static/", HERE / "static", append_version=False)
 
 
@@ -101,7 +108,7 @@ def _secure(response: web.StreamResponse, path: str) -> None:
         h.setdefault("Cache-Control", "no-store")
 
 
-def _page(template: str, status: int = 200, **values) -> web.Response:
+def render(template: str, status: int = 200, **values) -> web.Response:
     return web.Response(status=status, text=_ENV.get_template(template).render(**values),
                         content_type="text/html", charset="utf-8")
 
@@ -136,7 +143,7 @@ async def signin_form(request: web.Request) -> web.Response:
 
 def _signin_page(request: web.Request, error: str = "", address: str = "", status: int = 200) -> web.Response:
     token = secrets.token_urlsafe(24)
-    response = _page("signin.html", status, csrf=token, error=error, address=address)
+    response = render("signin.html", status, csrf=token, error=error, address=address)
     response.set_cookie(PRE_COOKIE, token, path="/owa/signin", secure=True, httponly=True, samesite="Strict")
     return response
 
@@ -186,35 +193,45 @@ async def signout(request: web.Request) -> web.Response:
 
 # --- mail ------------------------------------------------------------------------------------------------------
 
-async def home(request: web.Request) -> web.Response:
+@contextlib.asynccontextmanager
+async def mailbox(request: web.Request) -> AsyncIterator[tuple[WebSession, ImapMailStore]]:
+    """The signed-in user's session and logged-in mail store; no session (or a password the back end no
+    longer takes) sends the browser to sign in; a back end that cannot be reached answers 503."""
     session = await _session(request)
     if session is None:
-        return _redirect("/owa/signin")
+        raise web.HTTPSeeOther("/owa/signin")
     owa: _Owa = request.app[OWA]
     user = owa.ctx.directory.find(session.address)
     if user is None:
         await owa.sessions.end(session.id)
-        return _redirect("/owa/signin")
+        raise web.HTTPSeeOther("/owa/signin")
     backend = owa.ctx.directory.route(user, "imap")
-    current = request.query.get("folder", "INBOX")
-    page = _page_number(request.query.get("page", "0"))
     try:
         store = await owa.mail.store(user, backend, Credentials(session.login, session.password), client_ip(request))
+        yield session, store
+    except AuthenticationFailed:
+        await owa.sessions.end(session.id)
+        raise web.HTTPSeeOther("/owa/signin") from None
+    except NotFound:
+        raise web.HTTPNotFound(text="there is no such message or folder\n") from None
+    except BackendError as exc:
+        log.warning("owa mail failed", extra={"event": "owa", "user": session.address, "error": str(exc)[:200]})
+        raise web.HTTPServiceUnavailable(text="your mailbox cannot be reached right now\n",
+                                         headers={"Retry-After": "30"}) from None
+
+
+async def home(request: web.Request) -> web.Response:
+    current = request.query.get("folder", "INBOX")
+    page = _page_number(request.query.get("page", "0"))
+    async with mailbox(request) as (session, store):
         folders = await store.list_folders()
         unseen = {f.name: (await store.status(f.name)).unseen for f in folders
                   if "\\Noselect" not in f.flags and "\\NonExistent" not in f.flags}
         if current not in unseen:
             raise web.HTTPNotFound(text="there is no such folder\n")
         total, messages = await store.page(current, page * PAGE_SIZE, PAGE_SIZE)
-    except AuthenticationFailed:
-        await owa.sessions.end(session.id)
-        return _redirect("/owa/signin")
-    except BackendError as exc:
-        log.warning("owa mail failed", extra={"event": "owa", "user": session.address, "error": str(exc)[:200]})
-        raise web.HTTPServiceUnavailable(text="your mailbox cannot be reached right now\n",
-                                         headers={"Retry-After": "30"}) from None
     pages = max(1, -(-total // PAGE_SIZE))
-    return _page("mail.html", address=session.address, csrf=session.csrf, current=current,
+    return render("mail.html", address=session.address, csrf=session.csrf, current=current,
                  folders=_tree([(f.name, f.delimiter, unseen.get(f.name, 0)) for f in folders]),
                  messages=[_row(m) for m in messages], total=total, page=page, pages=pages,
                  first=page * PAGE_SIZE + 1 if messages else 0, last=page * PAGE_SIZE + len(messages))

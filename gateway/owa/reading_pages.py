@@ -1,0 +1,59 @@
+"""The reading pane: a message's headers, attachments and body, the body's sandboxed frame, and downloads."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from aiohttp import web
+
+from . import pages
+from .reading import BODY_CSP, disposition, parts, read, safe_name
+
+
+def _where(request: web.Request) -> tuple[str, int]:
+    folder, uid = request.query.get("folder", ""), request.query.get("uid", "")
+    if not folder or not uid.isdigit() or not 0 < int(uid) < 2**32:
+        raise web.HTTPBadRequest(text="a folder and a message number are needed\n")
+    return folder, int(uid)
+
+
+async def message(request: web.Request) -> web.Response:
+    folder, uid = _where(request)
+    async with pages.mailbox(request) as (session, store):
+        raw = await store.fetch_message(folder, uid)
+        await store.set_flags(folder, [uid], ["\\Seen"])  # opened: read, as in any mail client
+    return pages.render("message.html", address=session.address, folder=folder, uid=uid, r=read(raw))
+
+
+async def body(request: web.Request) -> web.Response:
+    """The cleaned HTML body alone, for the reading pane's sandboxed frame, under a policy that allows no script
+    and no request."""
+    folder, uid = _where(request)
+    async with pages.mailbox(request) as (_, store):
+        raw = await store.fetch_message(folder, uid)
+    html = read(raw).html or ""
+    document = ('<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+                f"</head><body>{html}</body></html>")
+    response = web.Response(text=document, content_type="text/html", charset="utf-8")
+    response.headers["Content-Security-Policy"] = BODY_CSP
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+async def attachment(request: web.Request) -> web.Response:
+    """One part of a message, always as a download (never shown inline), whatever it claims to be."""
+    folder, uid = _where(request)
+    index = request.query.get("part", "")
+    if not index.isdigit():
+        raise web.HTTPBadRequest(text="which part?\n")
+    async with pages.mailbox(request) as (_, store):
+        raw = await store.fetch_message(folder, uid)
+    leaves = parts(email.message_from_bytes(raw, policy=email.policy.default))
+    if int(index) >= len(leaves):
+        raise web.HTTPNotFound(text="there is no such part\n")
+    part = leaves[int(index)]
+    payload = part.get_payload(decode=True) or b""
+    name = safe_name(part.get_filename() or f"part-{index}")
+    return web.Response(body=payload, headers={"Content-Type": "application/octet-stream",
+                                               "Content-Disposition": disposition(name)})
