@@ -554,6 +554,18 @@ def attempt(mime: bytes, **options: object) -> None:
     check_result(out, rewritten=options.get("mode", "send") != "send" and not options.get("replace_mime"))
 
 
+def test_brackets_outside_a_domain_literal_are_no_address():
+    """Found by the fuzz test below: a folded "[" made "a@example.com[]" a recipient that the Sent copy's own
+    parse read differently."""
+    for mime in (b"To: a@example.com\r\n [ ", b"To: a@exa[mple.com\r\n"):
+        with pytest.raises(ComposeError) as caught:
+            run(mime, mode="send", original=ORIGINAL_WITH_FILES)
+        assert caught.value.status is ComposeStatus.RECIPIENT_UNRESOLVED
+    out = run(b"To: a@[192.0.2.1]\r\nSubject: literal\r\n\r\nhi\r\n", mode="send")
+    assert out.recipients == ("a@[192.0.2.1]",)  # a domain literal is fine
+    check_result(out)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600), st.sampled_from(["send", "reply", "forward"]))
 def test_fuzz_arbitrary_bytes(data: bytes, mode: str) -> None:

@@ -118,6 +118,7 @@ class _Quote:
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _EOL = re.compile(rb"\r\n|\r|\n")
 _BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>(),;]")
+_DOMAIN_LITERAL = re.compile(r"\[[^\[\]\\]+\]")
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -195,8 +196,11 @@ def _values(fields: Iterable[_Field], names: tuple[str, ...]) -> list[str]:
 
 
 def _usable(address: str) -> bool:
-    """Whether an address can go into an SMTP envelope as it is (RFC 6531 UTF-8 allowed)."""
+    """Whether an address can go into an SMTP envelope as it is (RFC 6531 UTF-8 allowed): brackets only around
+    a whole domain literal (``user@[192.0.2.1]``)."""
     local, at, domain = address.rpartition("@")
+    if ("[" in domain or "]" in domain) and not _DOMAIN_LITERAL.fullmatch(domain):
+        return False
     return bool(at and local and domain) and len(address) <= 320 and not _BAD_ADDRESS.search(address)
 
 

@@ -56,8 +56,7 @@ class _Owa:
 def register(app: web.Application) -> None:
     if not app[CTX].config.owa.enabled:
         return
-    app[OWA] = None
-    app.on_startup.append(_start)
+    app[OWA] = _Lazy()
     app.on_cleanup.append(_stop)
     app.middlewares.append(_headers)
     app.router.add_get("/owa", _to_home)
@@ -75,13 +74,25 @@ async def _to_home(request: web.Request) -> web.Response:
     return _redirect("/owa/")
 
 
-async def _start(app: web.Application) -> None:
-    app[OWA] = _Owa(app)
+class _Lazy:
+    """The web app's services, made at its first request (test apps that never serve /owa/ need none)."""
+
+    def __init__(self) -> None:
+        self.made: _Owa | None = None
+
+    def get(self, app: web.Application) -> _Owa:
+        if self.made is None:
+            self.made = _Owa(app)
+        return self.made
+
+
+def _owa(request: web.Request) -> _Owa:
+    return request.app[OWA].get(request.app)
 
 
 async def _stop(app: web.Application) -> None:
-    if app[OWA] is not None:
-        await app[OWA].mail.close()
+    if app[OWA].made is not None:
+        await app[OWA].made.mail.close()
 
 
 @web.middleware
@@ -118,7 +129,7 @@ def _redirect(to: str) -> web.Response:
 
 
 async def _session(request: web.Request) -> WebSession | None:
-    return await request.app[OWA].sessions.get(request.cookies.get(COOKIE))
+    return await _owa(request).sessions.get(request.cookies.get(COOKIE))
 
 
 async def _form(request: web.Request) -> dict[str, str]:
@@ -169,7 +180,7 @@ async def signin(request: web.Request) -> web.Response:
     except BackendUnavailable:
         return _signin_page(request, "Your mailbox cannot be reached right now. Try again later.", address, 503)
     user = result.user
-    cookie, _ = await request.app[OWA].sessions.create(user.address, user.login, password)
+    cookie, _ = await _owa(request).sessions.create(user.address, user.login, password)
     log.info("owa sign-in", extra={"event": "owa", "user": user.address, "client": client_ip(request)})
     response = _redirect("/owa/")
     response.set_cookie(COOKIE, cookie, path="/owa/", secure=True, httponly=True, samesite="Lax")
@@ -184,7 +195,7 @@ async def signout(request: web.Request) -> web.Response:
         return _redirect("/owa/signin")
     if not session.csrf_ok(form.get("csrf")):
         raise web.HTTPForbidden(text="the request did not carry this session's token\n")
-    await request.app[OWA].sessions.end(session.id)
+    await _owa(request).sessions.end(session.id)
     log.info("owa sign-out", extra={"event": "owa", "user": session.address})
     response = _redirect("/owa/signin")
     response.del_cookie(COOKIE, path="/owa/")
@@ -200,7 +211,7 @@ async def mailbox(request: web.Request) -> AsyncIterator[tuple[WebSession, ImapM
     session = await _session(request)
     if session is None:
         raise web.HTTPSeeOther("/owa/signin")
-    owa: _Owa = request.app[OWA]
+    owa = _owa(request)
     user = owa.ctx.directory.find(session.address)
     if user is None:
         await owa.sessions.end(session.id)
