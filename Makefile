@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved dovecot-sieve slapd ldap-utils
+APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved dovecot-sieve slapd ldap-utils chromium fonts-dejavu-core
 BENCH_APT_PACKAGES := wrk
 PYTEST_ARGS ?=
 # The mitmproxy inspect addon's own virtualenv: mitmproxy's pins would hold back casgate's dependencies in $(VENV).
