@@ -213,3 +213,52 @@ def test_reading_a_message_shows_it_safely_and_downloads_its_attachment(web, dov
     assert _browser(web).get(web["base"] + body_url, allow_redirects=False).status_code == 303  # not signed in
     m.delete(folder)
     m.logout()
+
+
+def test_mark_unread_flag_and_delete_to_deleted_items_then_for_good(web, dovecot, certs):
+    folder = "Act" + uuid.uuid4().hex[:6]
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
+        cafile=str(certs.ca_cert)))
+    m.login(USER, web["password"])
+    assert m.create(folder)[0] == "OK"
+    marker = "act " + uuid.uuid4().hex[:8]
+    assert m.append(folder, None, None, f"Subject: {marker}\r\n\r\nhi\r\n".encode())[0] == "OK"
+    s = _browser(web)
+    assert _sign_in(web, s).status_code == 303
+    page = s.get(web["base"] + "/owa/message", params={"folder": folder, "uid": "1"})
+    token = _csrf(page.text)
+    assert 'value="unread">Mark unread<' in page.text and 'value="flag">Flag<' in page.text
+
+    def flags() -> bytes:
+        m.select(folder)
+        return m.fetch("1", "(FLAGS)")[1][0]
+
+    def act(action: str, csrf: str = token, where: str = folder) -> requests.Response:
+        return s.post(web["base"] + "/owa/message/action", allow_redirects=False,
+                      data={"csrf": csrf, "folder": where, "uid": "1", "action": action})
+    assert b"\\Seen" in flags()
+    refused = act("unread", csrf="forged")
+    assert refused.status_code == 403 and b"\\Seen" in flags()  # nothing changed
+    assert act("explode").status_code == 400
+    done = act("unread")
+    assert done.status_code == 303 and "keep=unread" in done.headers["Location"] and b"\\Seen" not in flags()
+    again = s.get(web["base"] + done.headers["Location"])
+    assert 'value="read">Mark read<' in again.text and b"\\Seen" not in flags()  # looking does not mark it read
+    assert act("flag").status_code == 303 and b"\\Flagged" in flags()
+    assert 'value="unflag">Clear flag<' in s.get(web["base"] + done.headers["Location"]).text
+    assert act("unflag").status_code == 303 and b"\\Flagged" not in flags()
+    gone = act("delete")
+    assert gone.status_code == 303 and gone.headers["Location"] == f"/owa/?folder={folder}"
+    m.select(folder)
+    assert m.search(None, "ALL")[1] == [b""]
+    m.select("Trash")
+    found = m.search(None, "SUBJECT", f'"{marker}"')[1][0].split()
+    assert len(found) == 1
+    uid = m.fetch(found[0], "(UID)")[1][0].split()[-1].rstrip(b")").decode()
+    forever = s.post(web["base"] + "/owa/message/action", allow_redirects=False,
+                     data={"csrf": token, "folder": "Trash", "uid": uid, "action": "delete"})
+    assert forever.status_code == 303
+    m.select("Trash")
+    assert m.search(None, "SUBJECT", f'"{marker}"')[1] == [b""]  # deleted in Deleted Items: gone for good
+    m.delete(folder)
+    m.logout()

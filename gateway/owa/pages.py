@@ -66,6 +66,7 @@ def register(app: web.Application) -> None:
     app.router.add_post("/owa/signout", signout)
     app.router.add_get("/owa/message", reading_pages.message)
     app.router.add_get("/owa/message/body", reading_pages.body)
+    app.router.add_post("/owa/message/action", reading_pages.act)
     app.router.add_get("/owa/attachment", reading_pages.attachment)
     app.router.add_static("/owa/static/", HERE / "static", append_version=False)
 
@@ -128,11 +129,14 @@ def _redirect(to: str) -> web.Response:
     return web.Response(status=303, headers={"Location": to})
 
 
+see = _redirect  # for the other page modules
+
+
 async def _session(request: web.Request) -> WebSession | None:
     return await _owa(request).sessions.get(request.cookies.get(COOKIE))
 
 
-async def _form(request: web.Request) -> dict[str, str]:
+async def form(request: web.Request) -> dict[str, str]:
     if request.content_length is not None and request.content_length > _MAX_FORM:
         raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=request.content_length)
     raw = await request.content.read(_MAX_FORM + 1)
@@ -160,11 +164,11 @@ def _signin_page(request: web.Request, error: str = "", address: str = "", statu
 
 
 async def signin(request: web.Request) -> web.Response:
-    form = await _form(request)
-    sent, expected = form.get("csrf", ""), request.cookies.get(PRE_COOKIE, "")
+    fields = await form(request)
+    sent, expected = fields.get("csrf", ""), request.cookies.get(PRE_COOKIE, "")
     if not sent or not expected or not secrets.compare_digest(sent, expected):
         return _signin_page(request, "Your sign-in form had expired. Please try again.", status=403)
-    address, password = form.get("address", "").strip(), form.get("password", "")
+    address, password = fields.get("address", "").strip(), fields.get("password", "")
     if not address or not password or len(address) > 320 or len(password) > 1024:
         return _signin_page(request, "Enter your e-mail address and password.", address[:320], 400)
     ctx = request.app[CTX]
@@ -190,10 +194,10 @@ async def signin(request: web.Request) -> web.Response:
 
 async def signout(request: web.Request) -> web.Response:
     session = await _session(request)
-    form = await _form(request)
+    fields = await form(request)
     if session is None:
         return _redirect("/owa/signin")
-    if not session.csrf_ok(form.get("csrf")):
+    if not session.csrf_ok(fields.get("csrf")):
         raise web.HTTPForbidden(text="the request did not carry this session's token\n")
     await _owa(request).sessions.end(session.id)
     log.info("owa sign-out", extra={"event": "owa", "user": session.address})

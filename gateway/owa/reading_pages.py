@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -22,8 +23,39 @@ async def message(request: web.Request) -> web.Response:
     folder, uid = _where(request)
     async with pages.mailbox(request) as (session, store):
         raw = await store.fetch_message(folder, uid)
-        await store.set_flags(folder, [uid], ["\\Seen"])  # opened: read, as in any mail client
-    return pages.render("message.html", address=session.address, folder=folder, uid=uid, r=read(raw))
+        if request.query.get("keep") != "unread":
+            await store.set_flags(folder, [uid], ["\\Seen"])  # opened: read, as in any mail client
+        flags = {f.lower() for f in await store.fetch_flags(folder, uid)}
+    return pages.render("message.html", address=session.address, csrf=session.csrf, folder=folder, uid=uid,
+                        r=read(raw), flagged="\\flagged" in flags, unread="\\seen" not in flags)
+
+
+_FLAG_ACTIONS = {"read": ("\\Seen", True), "unread": ("\\Seen", False), "flag": ("\\Flagged", True),
+                 "unflag": ("\\Flagged", False)}
+
+
+async def act(request: web.Request) -> web.Response:
+    """Mark read or unread, flag or unflag, or delete one message (to Deleted Items; from there, for good)."""
+    fields = await pages.form(request)
+    folder, uid, action = fields.get("folder", ""), fields.get("uid", ""), fields.get("action", "")
+    if not folder or not uid.isdigit() or not 0 < int(uid) < 2**32 or (
+            action not in _FLAG_ACTIONS and action != "delete"):
+        raise web.HTTPBadRequest(text="a folder, a message number and a known action are needed\n")
+    async with pages.mailbox(request) as (session, store):
+        if not session.csrf_ok(fields.get("csrf")):
+            raise web.HTTPForbidden(text="the request did not carry this session's token\n")
+        back = f"/owa/?folder={quote(folder, safe='')}"
+        if action in _FLAG_ACTIONS:
+            flag, add = _FLAG_ACTIONS[action]
+            await store.set_flags(folder, [int(uid)], [flag], add=add)
+            keep = "&keep=unread" if action == "unread" else ""
+            return pages.see(f"/owa/message?folder={quote(folder, safe='')}&uid={uid}{keep}")
+        trash = next((f.name for f in await store.list_folders() if f.special_use == "\\Trash"), None)
+        if trash is None or trash == folder:
+            await store.expunge(folder, [int(uid)])
+        else:
+            await store.move(folder, [int(uid)], trash)
+    return pages.see(back)
 
 
 async def body(request: web.Request) -> web.Response:
