@@ -41,6 +41,13 @@ def _browser(web) -> requests.Session:
     return s
 
 
+def _imap(web, dovecot, certs) -> imaplib.IMAP4_SSL:
+    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port,
+                          ssl_context=ssl.create_default_context(cafile=str(certs.ca_cert)))
+    m.login(USER, web["password"])
+    return m
+
+
 def _csrf(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
@@ -64,9 +71,7 @@ def test_sign_in_gives_a_locked_down_session_and_the_folder_tree_with_unread_cou
 
     # An unread message in a subfolder with a non-ASCII name, to count.
     folder = "Projekte/Ärger " + uuid.uuid4().hex[:4]
-    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
-        cafile=str(certs.ca_cert)))
-    m.login(USER, web["password"])
+    m = _imap(web, dovecot, certs)
     from adapters.imap.wire import mailbox
     quoted = mailbox(folder).decode()
     assert m.create(quoted)[0] == "OK"
@@ -133,9 +138,7 @@ def test_an_idle_session_expires(web):
 
 def test_the_message_list_pages_newest_first_with_marks_and_escapes_what_mail_says(web, dovecot, certs):
     folder = "List" + uuid.uuid4().hex[:6]
-    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
-        cafile=str(certs.ca_cert)))
-    m.login(USER, web["password"])
+    m = _imap(web, dovecot, certs)
     assert m.create(folder)[0] == "OK"
     for i in range(57):
         subject = f"note {i:02d}"
@@ -178,9 +181,7 @@ def test_reading_a_message_shows_it_safely_and_downloads_its_attachment(web, dov
            "<img src=https://tracker.example/p.gif onerror=steal()>\r\n--B\r\nContent-Type: text/html\r\n"
            "Content-Disposition: attachment; filename=\"inv\\\"oice.html\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
            + base64.b64encode(pdf).decode() + "\r\n--B--\r\n").encode()
-    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
-        cafile=str(certs.ca_cert)))
-    m.login(USER, web["password"])
+    m = _imap(web, dovecot, certs)
     assert m.create(folder)[0] == "OK"
     assert m.append(folder, None, None, raw)[0] == "OK"
     s = _browser(web)
@@ -217,9 +218,7 @@ def test_reading_a_message_shows_it_safely_and_downloads_its_attachment(web, dov
 
 def test_mark_unread_flag_and_delete_to_deleted_items_then_for_good(web, dovecot, certs):
     folder = "Act" + uuid.uuid4().hex[:6]
-    m = imaplib.IMAP4_SSL("127.0.0.1", dovecot.imaps_port, ssl_context=ssl.create_default_context(
-        cafile=str(certs.ca_cert)))
-    m.login(USER, web["password"])
+    m = _imap(web, dovecot, certs)
     assert m.create(folder)[0] == "OK"
     marker = "act " + uuid.uuid4().hex[:8]
     assert m.append(folder, None, None, f"Subject: {marker}\r\n\r\nhi\r\n".encode())[0] == "OK"
