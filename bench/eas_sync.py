@@ -167,12 +167,12 @@ def _tagged(imap: imaplib.IMAP4, tag: bytes) -> bytes:
             return line
 
 
-def seed(imap: imaplib.IMAP4, count: int, progress: Progress) -> dict:
-    """Make the INBOX hold ``count`` messages: append the missing ones (MULTIAPPEND with LITERAL+ if offered)."""
-    typ, data = imap.status("INBOX", "(MESSAGES)")
+def seed(imap: imaplib.IMAP4, count: int, progress: Progress, folder: str = "INBOX", who: str = "eas_sync") -> dict:
+    """Make ``folder`` hold ``count`` messages: append the missing ones (MULTIAPPEND with LITERAL+ if offered)."""
+    typ, data = imap.status(folder, "(MESSAGES)")
     have = int(data[0].split(b"MESSAGES")[1].strip(b" ()")) if typ == "OK" else -1
     if have < 0 or have > count:
-        raise BenchError(f"the bench user's INBOX holds {have} messages, more than the {count:,} asked for")
+        raise BenchError(f"the bench user's {folder} holds {have} messages, more than the {count:,} asked for")
     typ, caps = imap.capability()
     offered = set(caps[0].upper().split()) if typ == "OK" else set()
     multi, plus = b"MULTIAPPEND" in offered, b"LITERAL+" in offered
@@ -186,25 +186,25 @@ def seed(imap: imaplib.IMAP4, count: int, progress: Progress) -> dict:
         if plus:
             if multi:
                 tag = f"S{start}".encode()
-                parts = [tag + b" APPEND INBOX"]
+                parts = [tag + b" APPEND " + folder.encode()]
                 for raw, when, flags in batch:
                     parts.append(f" ({' '.join(flags)}) {_internaldate(when)} {{{len(raw)}+}}\r\n".encode() + raw)
                 imap.send(b"".join(parts) + b"\r\n")
                 _tagged(imap, tag)
             else:  # LITERAL+ alone: the APPENDs go out pipelined, the replies are read after
                 tags = [f"S{start + k}".encode() for k in range(len(batch))]
-                imap.send(b"".join(tag + f" APPEND INBOX ({' '.join(flags)}) {_internaldate(when)} {{{len(raw)}+}}"
+                imap.send(b"".join(tag + f" APPEND {folder} ({' '.join(flags)}) {_internaldate(when)} {{{len(raw)}+}}"
                                    "\r\n".encode() + raw + b"\r\n" for tag, (raw, when, flags) in zip(tags, batch)))
                 for tag in tags:
                     _tagged(imap, tag)
         else:
             for raw, when, flags in batch:
-                typ, reply = imap.append("INBOX", f"({' '.join(flags)})", _internaldate(when), raw)
+                typ, reply = imap.append(folder, f"({' '.join(flags)})", _internaldate(when), raw)
                 if typ != "OK":
                     raise BenchError(f"Dovecot refused an APPEND: {reply!r}")
         n += len(batch)
         rate = n / max(time.monotonic() - t0, 1e-6)
-        progress.show(f"eas_sync: seeding the INBOX over IMAP: {have + n:,}/{count:,} messages "
+        progress.show(f"{who}: seeding {folder} over IMAP: {have + n:,}/{count:,} messages "
                       f"({rate:,.0f}/s, about {(count - have - n) / rate:.0f} s left)")
     method = "MULTIAPPEND" if plus and multi else "pipelined APPEND" if plus else "APPEND"
     return {"seeded": n, "method": method, "seconds": round(time.monotonic() - t0, 1)}

@@ -21,7 +21,7 @@ from bench.harness import BenchError, Options, Progress, check_cpus, machine_inf
 #: Benchmark modules (under bench/) in the order they run and appear in docs/benchmarks.md.
 #: Each has NAME, TITLE and run(env, opts, progress) -> result dict (see bench/https_front.py).
 BENCHMARKS = ["https_front", "availability", "autodiscover", "imap_front", "eas_sync", "eas_peer",
-              "eas_ping_scale"]
+              "eas_ping_scale", "owa_list"]
 
 DESCRIPTION = """\
 Measure casgate against a baseline in the same run and write the results.
@@ -53,7 +53,9 @@ only, root needed) and runs its bench_eas.py against SOGo and against casgate on
 turns (at most 3 rounds, 1-2 minutes each, plus a few minutes of package installs on first use).
 eas_ping_scale holds --pings ActiveSync Pings (10,000 by default) from --ping-users users (2,000) on one
 gateway, with TLS and with plain HTTP, against a bare aiohttp handler: memory per held Ping, delivery-to-answer
-latency and IMAP commands per user per minute (its own Dovecot; about 6-8 minutes at the defaults)."""
+latency and IMAP commands per user per minute (its own Dovecot; about 6-8 minutes at the defaults).
+owa_list seeds a folder of --owa-messages messages (100,000 by default; a few minutes, once) and times the web
+app's first page of it against the raw IMAP commands that page costs, sent straight to Dovecot (about a minute)."""
 
 
 def _load(name: str):
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
                    help=f"run only this benchmark (repeatable; one of: {', '.join(BENCHMARKS)}); the "
                         "others keep their last results in docs/benchmarks.md")
+    p.add_argument("--owa-messages", type=int, default=100_000, metavar="N",
+                   help="messages in the folder owa_list pages through, 100-1000000 (default: %(default)s)")
     p.add_argument("--eas-messages", type=int, default=10_000, metavar="N",
                    help="messages in the INBOX eas_sync syncs, 1-100000 (default: %(default)s)")
     p.add_argument("--pings", type=int, default=10_000, metavar="N",
@@ -104,6 +108,8 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{name} must be between {lo} and {hi} (got {v})")
     if not 1 <= a.eas_messages <= 100_000:
         p.error(f"--eas-messages must be between 1 and 100000 (got {a.eas_messages})")
+    if not 100 <= a.owa_messages <= 1_000_000:
+        p.error(f"--owa-messages must be between 100 and 1000000 (got {a.owa_messages})")
     if not 1 <= a.pings <= 15_000 or not 1 <= a.ping_users <= a.pings:
         p.error(f"--pings must be between 1 and 15000 and --ping-users between 1 and --pings "
                 f"(got {a.pings} and {a.ping_users})")
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 env = start_gateway(stack, opts, progress, keep=a.keep_temp)
                 for name in names:
                     extra = {"messages": a.eas_messages} if name == "eas_sync" else {}
+                    if name == "owa_list":
+                        extra = {"messages": a.owa_messages}
                     if name == "eas_ping_scale":
                         extra = {"pings": a.pings, "users": a.ping_users, "profile": a.ping_profile}
                     results[name] = _load(name).run(env, opts, progress, **extra)
