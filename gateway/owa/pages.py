@@ -28,7 +28,7 @@ from ..http.app import CTX
 from ..http.basic_auth import client_ip
 from ..services.auth import LoginThrottled
 from ..services.mailsessions import MailSessions
-from . import reading_pages
+from . import reading_pages, sending
 from .sessions import WebSession, WebSessions
 
 log = logging.getLogger("casgate.owa")
@@ -67,6 +67,8 @@ def register(app: web.Application) -> None:
     app.router.add_get("/owa/message", reading_pages.message)
     app.router.add_get("/owa/message/body", reading_pages.body)
     app.router.add_post("/owa/message/action", reading_pages.act)
+    app.router.add_get("/owa/compose", sending.compose_form)
+    app.router.add_post("/owa/send", sending.send)
     app.router.add_get("/owa/attachment", reading_pages.attachment)
     app.router.add_static("/owa/static/", HERE / "static", append_version=False)
 
