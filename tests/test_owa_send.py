@@ -54,7 +54,7 @@ async def test_send_reaches_the_inbox_once_with_a_sent_copy_and_no_bcc(workdir, 
             nobody = s.post(base + "/owa/send", allow_redirects=False, data={
                 **fields, "draft": fields["draft"] + "x", "to": "not an address", "subject": "x", "body": "x"})
             message = {**fields, "to": TO, "bcc": HIDDEN, "subject": marker + "\r\nX-Injected: 1",
-                       "body": "Hello Bob,\nfrom the web.\n"}
+                       "body": "Hello Bob,\nfrom the web.\n" + "A long letter. " * 3000}  # past the 16 KB of a small form
             first = s.post(base + "/owa/send", data=message, allow_redirects=False)
             again = s.post(base + "/owa/send", data=message, allow_redirects=False)  # a second click
             forged = s.post(base + "/owa/send", data={**message, "csrf": "forged"}, allow_redirects=False)

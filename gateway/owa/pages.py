@@ -138,12 +138,15 @@ async def _session(request: web.Request) -> WebSession | None:
     return await _owa(request).sessions.get(request.cookies.get(COOKIE))
 
 
-async def form(request: web.Request) -> dict[str, str]:
-    if request.content_length is not None and request.content_length > _MAX_FORM:
-        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=request.content_length)
-    raw = await request.content.read(_MAX_FORM + 1)
-    if len(raw) > _MAX_FORM:
-        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_FORM, actual_size=len(raw))
+async def form(request: web.Request, limit: int = _MAX_FORM) -> dict[str, str]:
+    """A posted form's fields (at most ``limit`` bytes of it; more is refused with 413)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = b""
+    while len(raw) <= limit and (chunk := await request.content.read(limit + 1 - len(raw))):
+        raw += chunk
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20))
     except (UnicodeDecodeError, ValueError):

@@ -27,6 +27,7 @@ log = logging.getLogger("casgate.owa")
 _SENT_NS = "owa-sent"
 _SENT_TTL = 7 * 24 * 3600.0
 _FIELDS = ("to", "cc", "bcc", "subject", "body")
+_MAX_MESSAGE_FORM = 4 * 1024 * 1024  # a long letter, with room for URL-encoding
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
@@ -42,7 +43,7 @@ def _form(session, values: dict[str, str], error: str = "", status: int = 200) -
 
 
 async def send(request: web.Request) -> web.Response:
-    fields = await pages.form(request)
+    fields = await pages.form(request, limit=_MAX_MESSAGE_FORM)
     async with pages.mailbox(request) as (session, store):
         if not session.csrf_ok(fields.get("csrf")):
             raise web.HTTPForbidden(text="the request did not carry this session's token\n")
