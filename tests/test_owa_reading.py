@@ -8,7 +8,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.owa.reading import BODY_CSP, clean_html, disposition, read, safe_name
+from gateway.owa.reading import BODY_CSP, BODY_CSP_IMAGES, clean_html, disposition, read, safe_name
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -48,9 +48,16 @@ def test_the_hostile_corpus_comes_out_harmless():
     assert "position" not in clean_html('<span style="color:red; position:fixed">x</span>')
 
 
+def test_tracking_pixels_go_and_real_images_stay():
+    cleaned = clean_html('<img src="https://t.example/p.gif" width="1" height="1"><img src="https://t.example/q.gif" '
+                         'height="0"><img src="https://x.example/logo.png" width="100" alt="logo">')
+    assert "p.gif" not in cleaned and "q.gif" not in cleaned and "logo.png" in cleaned
+
+
 def test_the_body_frame_policy_allows_no_script_and_no_request():
     assert "script-src" not in BODY_CSP and "default-src 'none'" in BODY_CSP and "img-src 'none'" in BODY_CSP
     assert "sandbox" in BODY_CSP
+    assert BODY_CSP_IMAGES == BODY_CSP.replace("img-src 'none'", "img-src https: http: data:")
 
 
 def test_a_message_reads_with_its_html_body_and_attachments_named_safely():

@@ -206,6 +206,21 @@ def test_reading_a_message_shows_it_safely_and_downloads_its_attachment(web, dov
     assert got.headers["Content-Type"] == "application/octet-stream"
     assert got.headers["X-Content-Type-Options"] == "nosniff"
     assert got.headers["Content-Disposition"].startswith('attachment; filename="inv_oice.html"')
+    # Remote images: shown for this message when asked, or for every message of a sender the reader trusts.
+    show = re.search(r'<a href="(/owa/message\?[^"]+images=1)">Show images</a>', page.text).group(1)
+    shown = s.get(web["base"] + show.replace("&amp;", "&"))
+    assert "were blocked" not in shown.text and "&amp;images=1" in re.search(r"<iframe[^>]*>", shown.text, re.S).group(0)
+    with_images = s.get(web["base"] + body_url + "&images=1")
+    assert "img-src https: http: data:" in with_images.headers["Content-Security-Policy"]
+    assert "script-src" not in with_images.headers["Content-Security-Policy"]
+    trust = {"folder": folder, "uid": "1", "sender": "mallory@example.test"}
+    assert s.post(web["base"] + "/owa/message/trust", data={**trust, "csrf": "forged"},
+                  allow_redirects=False).status_code == 403
+    assert "were blocked" in s.get(web["base"] + link.replace("&amp;", "&")).text
+    assert s.post(web["base"] + "/owa/message/trust", data={**trust, "csrf": _csrf(page.text)},
+                  allow_redirects=False).status_code == 303
+    trusted = s.get(web["base"] + link.replace("&amp;", "&"))
+    assert "were blocked" not in trusted.text and "&amp;images=1" in trusted.text
     # Opened: the message is read now, for every client of the mailbox.
     m.select(folder)
     assert b"\\Seen" in m.fetch("1", "(FLAGS)")[1][0]

@@ -67,6 +67,7 @@ def register(app: web.Application) -> None:
     app.router.add_get("/owa/message", reading_pages.message)
     app.router.add_get("/owa/message/body", reading_pages.body)
     app.router.add_post("/owa/message/action", reading_pages.act)
+    app.router.add_post("/owa/message/trust", reading_pages.trust_sender)
     app.router.add_get("/owa/compose", sending.compose_form)
     app.router.add_post("/owa/send", sending.send)
     app.router.add_get("/owa/attachment", reading_pages.attachment)

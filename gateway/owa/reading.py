@@ -21,6 +21,8 @@ import nh3
 #: The body frame's policy: styles written in the message, nothing else; no script, no request anywhere.
 BODY_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; font-src 'none'; "
             "form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox")
+#: The same once the reader has allowed this message's (or this sender's) remote images: images, nothing else.
+BODY_CSP_IMAGES = BODY_CSP.replace("img-src 'none'", "img-src https: http: data:")
 _TAGS = {"a", "abbr", "b", "bdi", "bdo", "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup",
          "dd", "del", "details", "dfn", "div", "dl", "dt", "em", "figcaption", "figure", "font", "footer", "h1", "h2",
          "h3", "h4", "h5", "h6", "header", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q", "s",
@@ -40,6 +42,7 @@ _STYLE = {"color", "background-color", "font", "font-family", "font-size", "font
           "border-collapse", "border-spacing", "border-radius", "width", "height", "max-width", "min-width",
           "display", "list-style-type"}
 _CSS_DANGER = re.compile(r"[\\(@<>]|expression|javascript|behavior|binding", re.I)  # no function, escape, rule
+_PIXEL = re.compile(r"<img\b[^>]*\b(?:width|height)=\"\s*[01](?:px)?\s*\"[^>]*>", re.I)
 _REMOTE_IMG = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//", re.I)
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\"\\/:*?<>|]+")
 
@@ -90,7 +93,12 @@ def read(raw: bytes) -> Reading:
 
 
 def clean_html(html: str) -> str:
-    """``html`` with only what a mail needs to look right: see the module's docstring."""
+    """``html`` with only what a mail needs to look right (see the module's docstring), and no tracking pixel
+    (an image 0 or 1 pixel wide or high), so that allowing a sender's images does not report the reading."""
+    return _PIXEL.sub("", _clean(html))
+
+
+def _clean(html: str) -> str:
     return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto", "cid"},
                      link_rel="noopener noreferrer", strip_comments=True, attribute_filter=_attribute,
                      clean_content_tags={"script", "style", "title", "svg", "math", "noscript", "template",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+from email.utils import getaddresses
 from urllib.parse import quote
 
 from aiohttp import web
 
 from . import pages
-from .reading import BODY_CSP, disposition, parts, read, safe_name
+from .reading import BODY_CSP, BODY_CSP_IMAGES, disposition, parts, read, safe_name
 
 
 def _where(request: web.Request) -> tuple[str, int]:
@@ -26,8 +27,38 @@ async def message(request: web.Request) -> web.Response:
         if request.query.get("keep") != "unread":
             await store.set_flags(folder, [uid], ["\\Seen"])  # opened: read, as in any mail client
         flags = {f.lower() for f in await store.fetch_flags(folder, uid)}
+    r = read(raw)
+    sender = _sender_address(r.sender)
+    trusted = bool(sender) and await request.app[pages.CTX].state.kv_get(_IMAGES_NS, _trust_key(
+        session.address, sender)) is not None
     return pages.render("message.html", address=session.address, csrf=session.csrf, folder=folder, uid=uid,
-                        r=read(raw), flagged="\\flagged" in flags, unread="\\seen" not in flags)
+                        r=r, flagged="\\flagged" in flags, unread="\\seen" not in flags, sender=sender,
+                        images=r.remote_images and (trusted or request.query.get("images") == "1"))
+
+
+_IMAGES_NS = "owa-images-from"
+
+
+def _trust_key(user: str, sender: str) -> str:
+    return f"{user.lower()}\x1f{sender.lower()}"
+
+
+def _sender_address(header: str) -> str:
+    address = getaddresses([header])[0][1] if header else ""
+    return address if "@" in address and len(address) <= 320 else ""
+
+
+async def trust_sender(request: web.Request) -> web.Response:
+    """Always show remote images in mail from one sender (a POST with the session's token)."""
+    fields = await pages.form(request)
+    folder, uid, sender = fields.get("folder", ""), fields.get("uid", ""), fields.get("sender", "")
+    if not folder or not uid.isdigit() or "@" not in sender or len(sender) > 320:
+        raise web.HTTPBadRequest(text="a folder, a message number and a sender are needed\n")
+    async with pages.mailbox(request) as (session, _):
+        if not session.csrf_ok(fields.get("csrf")):
+            raise web.HTTPForbidden(text="the request did not carry this session's token\n")
+        await request.app[pages.CTX].state.kv_set(_IMAGES_NS, _trust_key(session.address, sender), b"1")
+    return pages.see(f"/owa/message?folder={quote(folder, safe='')}&uid={uid}")
 
 
 _FLAG_ACTIONS = {"read": ("\\Seen", True), "unread": ("\\Seen", False), "flag": ("\\Flagged", True),
@@ -68,7 +99,8 @@ async def body(request: web.Request) -> web.Response:
     document = ('<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
                 f"</head><body>{html}</body></html>")
     response = web.Response(text=document, content_type="text/html", charset="utf-8")
-    response.headers["Content-Security-Policy"] = BODY_CSP
+    # Images only when the reading pane asked for them (the reader allowed this message or its sender).
+    response.headers["Content-Security-Policy"] = BODY_CSP_IMAGES if request.query.get("images") == "1" else BODY_CSP
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
