@@ -276,3 +276,34 @@ def test_mark_unread_flag_and_delete_to_deleted_items_then_for_good(web, dovecot
     assert m.search(None, "SUBJECT", f'"{marker}"')[1] == [b""]  # deleted in Deleted Items: gone for good
     m.delete(folder)
     m.logout()
+
+
+def test_move_a_message_to_another_folder_and_nowhere_else(web, dovecot, certs):
+    source, target = "MoveFrom" + uuid.uuid4().hex[:6], "MoveTo" + uuid.uuid4().hex[:6]
+    m = _imap(web, dovecot, certs)
+    for name in (source, target):
+        assert m.create(name)[0] == "OK"
+    marker = "move " + uuid.uuid4().hex[:8]
+    assert m.append(source, None, None, f"Subject: {marker}\r\n\r\nhi\r\n".encode())[0] == "OK"
+    s = _browser(web)
+    assert _sign_in(web, s).status_code == 303
+    page = s.get(web["base"] + "/owa/message", params={"folder": source, "uid": "1"})
+    assert f'<option value="{target}">' in page.text and f'<option value="{source}">' not in page.text
+    token = _csrf(page.text)
+
+    def move(to: str, csrf: str = token) -> requests.Response:
+        return s.post(web["base"] + "/owa/message/action", allow_redirects=False,
+                      data={"csrf": csrf, "folder": source, "uid": "1", "action": "move", "target": to})
+    assert move("No such folder").status_code == 400
+    assert move(target, csrf="forged").status_code == 403
+    m.select(source)
+    assert len(m.search(None, "ALL")[1][0].split()) == 1  # refused moves changed nothing
+    done = move(target)
+    assert done.status_code == 303 and done.headers["Location"] == f"/owa/?folder={source}"
+    m.select(source)
+    assert m.search(None, "ALL")[1] == [b""]
+    m.select(target)
+    assert len(m.search(None, "SUBJECT", f'"{marker}"')[1][0].split()) == 1
+    for name in (source, target):
+        m.delete(name)
+    m.logout()

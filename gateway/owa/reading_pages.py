@@ -27,13 +27,16 @@ async def message(request: web.Request) -> web.Response:
         if request.query.get("keep") != "unread":
             await store.set_flags(folder, [uid], ["\\Seen"])  # opened: read, as in any mail client
         flags = {f.lower() for f in await store.fetch_flags(folder, uid)}
+        targets = [f.name for f in await store.list_folders()
+                   if f.name != folder and "\\Noselect" not in f.flags and "\\NonExistent" not in f.flags]
     r = read(raw)
     sender = _sender_address(r.sender)
     trusted = bool(sender) and await request.app[pages.CTX].state.kv_get(_IMAGES_NS, _trust_key(
         session.address, sender)) is not None
     return pages.render("message.html", address=session.address, csrf=session.csrf, folder=folder, uid=uid,
                         r=r, flagged="\\flagged" in flags, unread="\\seen" not in flags, sender=sender,
-                        images=r.remote_images and (trusted or request.query.get("images") == "1"))
+                        images=r.remote_images and (trusted or request.query.get("images") == "1"),
+                        targets=sorted(targets, key=lambda n: (n.upper() != "INBOX", n.lower())))
 
 
 _IMAGES_NS = "owa-images-from"
@@ -66,11 +69,12 @@ _FLAG_ACTIONS = {"read": ("\\Seen", True), "unread": ("\\Seen", False), "flag": 
 
 
 async def act(request: web.Request) -> web.Response:
-    """Mark read or unread, flag or unflag, or delete one message (to Deleted Items; from there, for good)."""
+    """Mark read or unread, flag or unflag, move one message to another folder, or delete it (to Deleted Items;
+    from there, for good)."""
     fields = await pages.form(request)
     folder, uid, action = fields.get("folder", ""), fields.get("uid", ""), fields.get("action", "")
     if not folder or not uid.isdigit() or not 0 < int(uid) < 2**32 or (
-            action not in _FLAG_ACTIONS and action != "delete"):
+            action not in _FLAG_ACTIONS and action not in ("delete", "move")):
         raise web.HTTPBadRequest(text="a folder, a message number and a known action are needed\n")
     async with pages.mailbox(request) as (session, store):
         if not session.csrf_ok(fields.get("csrf")):
@@ -81,7 +85,14 @@ async def act(request: web.Request) -> web.Response:
             await store.set_flags(folder, [int(uid)], [flag], add=add)
             keep = "&keep=unread" if action == "unread" else ""
             return pages.see(f"/owa/message?folder={quote(folder, safe='')}&uid={uid}{keep}")
-        trash = next((f.name for f in await store.list_folders() if f.special_use == "\\Trash"), None)
+        folders = await store.list_folders()
+        if action == "move":
+            target = fields.get("target", "")
+            if target == folder or target not in {f.name for f in folders if "\\Noselect" not in f.flags}:
+                raise web.HTTPBadRequest(text="move it where? that folder is not in this mailbox\n")
+            await store.move(folder, [int(uid)], target)
+            return pages.see(back)
+        trash = next((f.name for f in folders if f.special_use == "\\Trash"), None)
         if trash is None or trash == folder:
             await store.expunge(folder, [int(uid)])
         else:
